@@ -1,0 +1,34 @@
+# Quick start:  make demo   (synthetic data -> vocabulary -> stage 1 -> stage 2 -> evaluation -> figure)
+#               make test   (the test suite; what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEMO   := demo
+# demo settings: small resnet18 at 64 px, random init, so it runs in minutes on 2 CPU cores
+DEMO_FLAGS := --dataset fashioniq --data_root $(DEMO)/data --vocab_dir $(DEMO)/vocab --output_dir $(DEMO)/runs \
+	--exp_name quickstart --backbone resnet18 --backbone_weights none --crop_size 64 --batch_size 32 \
+	--num_workers 2 --device cpu
+
+.PHONY: demo test venv clean-demo bench
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+demo: venv
+	$(PY) -m data.synthetic --out $(DEMO)/data --dataset fashioniq --size 64 --seed 0
+	$(PY) vocab.py --dataset fashioniq --data_root $(DEMO)/data --vocab_dir $(DEMO)/vocab
+	$(PY) train.py $(DEMO_FLAGS) --two_stage --num_epochs 4 --step_lr 2 --finetune_epochs 2 --finetune_step_lr 1
+	$(PY) evaluate.py --ckpt $(DEMO)/runs/quickstart/stage2/best.pt --data_root $(DEMO)/data --device cpu
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_eval.py
+
+clean-demo:
+	rm -rf $(DEMO)

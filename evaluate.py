@@ -1,0 +1,33 @@
+"""Evaluate a checkpoint with its dataset's published protocol.
+
+Model, vocabulary, dataset and crop size come from the checkpoint; prints the
+recall table and writes metrics.json and rankings.jsonl (default: beside the
+checkpoint, in eval_<split>/).
+
+  python evaluate.py --ckpt runs/fiq/stage2/best.pt --split val --data_root datasets
+"""
+import sys
+
+from config import build_parser, given_flags
+from utils.evaluation import evaluate_checkpoint
+
+
+def main(argv=None) -> None:
+    parser = build_parser("data,eval", __doc__)
+    args = parser.parse_args(argv)
+    explicit = given_flags(args)
+    if not explicit.get("ckpt"):
+        parser.error("--ckpt PATH is required")
+    result, out_dir = evaluate_checkpoint(explicit["ckpt"], explicit)
+    print(f"{result.dataset} {result.split} — {explicit['ckpt']}")
+    print(result.table())
+    if result.overlap:
+        print("attention overlap: " + ", ".join(f"{g} {v:.3f}" for g, v in result.overlap.items()))
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'rankings.jsonl'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, PermissionError, RuntimeError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,26 @@
+"""Train MANME (or a baseline): stage 1 with frozen backbone and word embeddings, stage 2 fine-tunes.
+
+Examples:
+  python train.py --dataset fashioniq --exp_name fiq                       # stage 1
+  python train.py --dataset fashioniq --exp_name fiq --img_finetune --txt_finetune   # stage 2 from stage1/best.pt
+  python train.py --dataset fashioniq --exp_name fiq --two_stage          # both
+  python train.py ... --resume auto                                        # continue a run that died
+"""
+import sys
+
+from config import build_parser, given_flags, resolve
+from utils.trainer import train, resume_config
+
+
+def main(argv=None) -> None:
+    args = build_parser("data,model,train,eval", __doc__).parse_args(argv)
+    explicit = given_flags(args)
+    cfg = resolve(explicit, base=resume_config(explicit))
+    train(cfg)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, PermissionError, RuntimeError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,93 @@
+"""Checkpoints: plain tensors and JSON-like values only, written atomically, loaded without pickle.
+
+A checkpoint is a dict: model, optimizer, scheduler (state dicts), epoch, step,
+epoch_step (optimizer steps done inside `epoch`), best_score, rng (every RNG
+state), config (dict) and vocab (list of words). `torch.load(weights_only=True)`
+refuses anything that could run code when read.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.io import atomic_write
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = True) -> None:
+    """Write `state` to `path` atomically; the file it replaces is kept as `<name>.prev.pt`."""
+    path = Path(path)
+    if keep_previous and path.exists():
+        os.replace(path, previous_path(path))
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; any fault raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and plain values, "
+            f"which could run code when read ({str(e).splitlines()[0][:200]}). Only load checkpoints written "
+            f"by manme's train.py.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}). Use an earlier checkpoint "
+                              f"(e.g. {previous_path(path).name}).") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path}: not a manme checkpoint (no model/config entries)")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state, as tensors and plain values (safe for weights_only loading)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def strip_ddp_prefix(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoints saved from DDP- or compile-wrapped models load into a plain model."""
+    out = {}
+    for key, value in model_state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
