@@ -1,0 +1,129 @@
+"""Dataset records, the interface every dataset format implements, and `open_dataset`.
+
+Image ids are what the annotation files use: a FashionIQ asin, a Shoes file name,
+a Fashion200k relative path. `image_path(id)` maps one to its file (or to where
+the file was expected, when it is missing).
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Triplet:
+    reference: str
+    text: str  # as the model reads it: FashionIQ "first <and> second"
+    target: str
+    category: str
+
+
+@dataclass
+class Query:
+    reference: str
+    text: str
+    targets: list[str]  # every correct target (Fashion200k: all images with the target's description)
+    category: str
+
+
+@dataclass
+class EvalSplit:
+    category: str
+    queries: list[Query]
+    gallery: list[str]
+
+
+def find_child(folder: Path, name: str) -> Path | None:
+    """The entry of `folder` called `name`, ignoring case (fashionIQ / FashionIQ / fashioniq)."""
+    exact = folder / name
+    if exact.exists():
+        return exact
+    if folder.is_dir():
+        for entry in sorted(os.listdir(folder)):
+            if entry.lower() == name.lower():
+                return folder / entry
+    return None
+
+
+def find_dataset_folder(data_root: str | Path, folder_name: str, dataset: str) -> Path:
+    root = Path(data_root).expanduser()
+    fix = (f"pass --data_root DIR (or set MANME_DATA_ROOT) to the folder holding {folder_name}/, "
+           f"or write synthetic data there with `python -m data.synthetic --out DIR --dataset {dataset}`")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist; {fix}")
+    if root.name.lower() == folder_name.lower():  # --data_root pointed at the dataset folder itself
+        return root
+    found = find_child(root, folder_name)
+    if found is None or not found.is_dir():
+        present = ", ".join(sorted(os.listdir(root))[:10]) or "nothing"
+        raise FileNotFoundError(f"no {folder_name}/ folder (any case) in data root {root} (it holds: {present}); {fix}")
+    return found
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines of a text file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def unique(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+class DatasetFormat(ABC):
+    """One dataset in its on-disk release layout, read at annotation level (no image opened)."""
+
+    name: str  # "fashioniq", "shoes", "fashion200k"
+    folder_name: str  # its folder under the data root (matched ignoring case)
+    eval_split_names: tuple[str, ...] = ("val",)  # splits eval_splits() accepts
+    vocab_specials: tuple[str, ...] = ()  # special words added to the vocabulary besides <pad>...<unk>
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.root = find_dataset_folder(cfg.data_root, self.folder_name, self.name)
+
+    @abstractmethod
+    def train_captions(self) -> list[str]:
+        """The captions the vocabulary is built from."""
+
+    @abstractmethod
+    def train_triplets(self, epoch: int = 0) -> list[Triplet]:
+        """Training triplets; Fashion200k draws its pairs from (cfg.seed, epoch)."""
+
+    @abstractmethod
+    def eval_splits(self, split: str) -> list[EvalSplit]:
+        """One EvalSplit per category, each with its own gallery."""
+
+    @abstractmethod
+    def image_lists(self) -> dict[tuple[str, str], list[str]]:
+        """(category, split) -> the image ids the split lists (for data.check)."""
+
+    @abstractmethod
+    def image_folders(self) -> list[Path]:
+        """Where image files are looked for (named in errors)."""
+
+    @abstractmethod
+    def image_path(self, image_id: str) -> Path:
+        """The image's file; where it was expected when missing."""
+
+    def has_image(self, image_id: str) -> bool:
+        return self.image_path(image_id).is_file()
+
+    def _check_eval_split(self, split: str) -> None:
+        if split not in self.eval_split_names:
+            raise ValueError(f"{self.name} has no evaluation split {split!r}; use --split "
+                             f"{' or '.join(self.eval_split_names)}")
+
+
+def open_dataset(cfg) -> DatasetFormat:
+    """The dataset format named by cfg.dataset, reading cfg.data_root."""
+    from data.fashion200k import Fashion200k
+    from data.fashioniq import FashionIQ
+    from data.shoes import Shoes
+    formats = {f.name: f for f in (FashionIQ, Shoes, Fashion200k)}
+    if cfg.dataset not in formats:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; use --dataset {'|'.join(formats)}")
+    return formats[cfg.dataset](cfg)

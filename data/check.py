@@ -1,0 +1,110 @@
+"""The dataset doctor: which listed images are missing or unreadable, and what that costs.
+
+    python -m data.check --dataset fashioniq [--data_root DIR] [--write_missing FILE]
+
+Per category and split: images listed, missing, unreadable (opened with PIL's
+verify); then the triplets (train) and queries (evaluation) each problem removes.
+A triplet needs both images; a query needs its reference and at least one target.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from config import build_parser, given_flags, resolve
+from data.base import DatasetFormat, open_dataset
+from utils.io import atomic_write_text
+
+
+def parser():
+    p = build_parser("data", "Report missing and unreadable images of a dataset and the triplets/queries they cost.")
+    p.add_argument("--write_missing", metavar="FILE", default=None,
+                   help="Also write the missing and unreadable image files to FILE (status<TAB>path[<TAB>reason]).")
+    return p
+
+
+def image_problem(path: Path) -> str | None:
+    """Why the image cannot be used, or None when it opens."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as e:  # PIL raises many types for bad files; any of them makes the image unusable
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def needs(fmt: DatasetFormat) -> dict[tuple[str, str], list[tuple[list[str], list[str]]]]:
+    """(category, split) -> per triplet/query: (images all required, images of which one suffices)."""
+    out = defaultdict(list)
+    for t in fmt.train_triplets(0):
+        out[(t.category, "train")].append(([t.reference, t.target], []))
+    for split in fmt.eval_split_names:
+        for s in fmt.eval_splits(split):
+            out[(s.category, split)] += [([q.reference], q.targets) for q in s.queries]
+    return out
+
+
+def _order(key: tuple[str, str]) -> tuple:
+    category, split = key
+    return category, ("train", "val", "test").index(split) if split in ("train", "val", "test") else 3, split
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    cfg = resolve(given_flags(args))
+    try:
+        fmt = open_dataset(cfg)
+        lists, items = fmt.image_lists(), needs(fmt)
+    except (FileNotFoundError, ValueError) as e:  # data-layout problems: the message names the fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ids = {i for ids in lists.values() for i in ids}
+    ids |= {i for rows in items.values() for required, any_of in rows for i in required + any_of}
+    print(f"{fmt.name} at {fmt.root}; images searched in {', '.join(map(str, fmt.image_folders()))}")
+
+    paths = {i: fmt.image_path(i) for i in sorted(ids)}
+    problem = {i: "missing" for i, p in paths.items() if not p.is_file()}
+    for i in tqdm([i for i in paths if i not in problem], desc="verifying images", unit="img"):
+        if (why := image_problem(paths[i])) is not None:
+            problem[i] = why
+
+    def state(i: str) -> str:
+        why = problem.get(i)
+        return "ok" if why is None else "missing" if why == "missing" else "unreadable"
+
+    print(f"\n{'category':<12}{'split':<7}{'listed':>9}{'missing':>9}{'unreadable':>12}")
+    for (category, split), listed in sorted(lists.items(), key=lambda kv: _order(kv[0])):
+        states = [state(i) for i in listed]
+        print(f"{category:<12}{split:<7}{len(listed):>9}{states.count('missing'):>9}{states.count('unreadable'):>12}")
+
+    print(f"\n{'category':<12}{'split':<7}{'triplets/queries':>18}{'lost: missing':>15}{'lost: unreadable':>18}")
+    for (category, split), rows in sorted(items.items(), key=lambda kv: _order(kv[0])):
+        lost = defaultdict(int)
+        for required, any_of in rows:
+            s = [state(i) for i in required]
+            if "missing" in s or (any_of and all(state(i) == "missing" for i in any_of)):
+                lost["missing"] += 1
+            elif "unreadable" in s or (any_of and not any(state(i) == "ok" for i in any_of)):
+                lost["unreadable"] += 1
+        print(f"{category:<12}{split:<7}{len(rows):>18}{lost['missing']:>15}{lost['unreadable']:>18}")
+
+    n_missing = sum(why == "missing" for why in problem.values())
+    print(f"\n{len(ids)} images: {n_missing} missing, {len(problem) - n_missing} unreadable")
+    if args.write_missing:
+        lines = [f"missing\t{paths[i]}" if why == "missing" else f"unreadable\t{paths[i]}\t{why}"
+                 for i, why in sorted(problem.items())]
+        atomic_write_text(args.write_missing, "".join(line + "\n" for line in lines))
+        print(f"wrote {len(lines)} lines to {args.write_missing}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

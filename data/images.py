@@ -1,0 +1,83 @@
+"""Image loading and transforms (MANME.md §5): pad to a white square, resize, crop, normalise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision import transforms
+
+WHITE = (255, 255, 255)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparent pixels become white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":  # palette images may carry transparency: go through RGBA
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        canvas = Image.new("RGB", image.size, WHITE)
+        canvas.paste(image, mask=image.getchannel("A"))
+        return canvas
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # 16/32-bit grayscale: convert("RGB") would clip to 255, so rescale first.
+        values = np.asarray(image, dtype=np.float32)
+        if values.max() > 255:
+            values = values / 257.0
+        return Image.fromarray(values.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, ...
+
+
+def pad_to_square(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), WHITE)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """The image as an RGB square; a missing, empty or corrupt file raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty image file (0 bytes); re-download it "
+                         f"(`python -m data.check` lists every such file)")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = to_rgb(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}); re-download it "
+                         f"(`python -m data.check` lists every such file)") from None
+    return pad_to_square(rgb)
+
+
+def resize_size(crop_size: int) -> int:
+    return round(crop_size * 256 / 224)
+
+
+def train_transform(crop_size: int = 224):
+    return transforms.Compose([
+        transforms.Resize(resize_size(crop_size)),
+        transforms.RandomCrop(crop_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transform(crop_size: int = 224):
+    return transforms.Compose([
+        transforms.Resize(resize_size(crop_size)),
+        transforms.CenterCrop(crop_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])

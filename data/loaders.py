@@ -1,0 +1,122 @@
+"""torch Datasets over a DatasetFormat, the triplet batch, and the missing-image filters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch.utils.data import Dataset
+
+from data.base import DatasetFormat, EvalSplit, Triplet
+from data.images import load_image
+from data.text import Vocabulary
+
+
+def pad_tokens(sequences: list[list[int]] | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Lmax) LongTensor padded with 0 (<pad>) and the (B,) lengths."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    tokens = torch.zeros(len(sequences), int(lengths.max()) if len(sequences) else 0, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        tokens[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return tokens, lengths
+
+
+@dataclass
+class TripletBatch:
+    reference: torch.Tensor  # (B, 3, H, W)
+    target: torch.Tensor  # (B, 3, H, W)
+    tokens: torch.Tensor  # (B, Lmax), 0-padded
+    lengths: torch.Tensor  # (B,); pack_padded_sequence wants them on the CPU: pass lengths.cpu()
+    index: torch.Tensor  # (B,) positions in the TripletImages dataset
+
+    def to(self, device, non_blocking: bool = False) -> "TripletBatch":
+        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                                for f in fields(self)})
+
+    def pin_memory(self) -> "TripletBatch":  # called by DataLoader(pin_memory=True)
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+class TripletImages(Dataset):
+    """Items: dict(reference=image, target=image, tokens=LongTensor, index=int)."""
+
+    def __init__(self, fmt: DatasetFormat, triplets: list[Triplet], vocab: Vocabulary, transform):
+        self.triplets = triplets
+        # Resolve paths and tokens once here, so workers need neither the format's index nor the vocabulary.
+        self.paths = [(str(fmt.image_path(t.reference)), str(fmt.image_path(t.target))) for t in triplets]
+        self.tokens = [vocab.encode(t.text) for t in triplets]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def __getitem__(self, i: int) -> dict:
+        reference, target = self.paths[i]
+        return dict(reference=self.transform(load_image(reference)), target=self.transform(load_image(target)),
+                    tokens=torch.tensor(self.tokens[i], dtype=torch.long), index=i)
+
+
+class ImageFolderList(Dataset):
+    """Items: dict(image=image, index=int) for a list of image ids (a gallery, the query references)."""
+
+    def __init__(self, fmt: DatasetFormat, image_ids: list[str], transform):
+        self.image_ids = image_ids
+        self.paths = [str(fmt.image_path(i)) for i in image_ids]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return dict(image=self.transform(load_image(self.paths[i])), index=i)
+
+
+def collate_triplets(items: list[dict]) -> TripletBatch:
+    tokens, lengths = pad_tokens([x["tokens"] for x in items])
+    return TripletBatch(reference=torch.stack([x["reference"] for x in items]),
+                        target=torch.stack([x["target"] for x in items]),
+                        tokens=tokens, lengths=lengths,
+                        index=torch.tensor([x["index"] for x in items], dtype=torch.long))
+
+
+def _present(fmt: DatasetFormat, image_ids) -> dict[str, bool]:
+    return {i: fmt.has_image(i) for i in set(image_ids)}
+
+
+def _examples(fmt: DatasetFormat, missing: list[str]) -> str:
+    return ", ".join(str(fmt.image_path(i)) for i in missing[:3])
+
+
+def drop_missing(fmt: DatasetFormat, triplets: list[Triplet]) -> list[Triplet]:
+    """The triplets whose two image files exist; reports what it drops, fails when nothing is left."""
+    present = _present(fmt, [x for t in triplets for x in (t.reference, t.target)])
+    kept = [t for t in triplets if present[t.reference] and present[t.target]]
+    if len(kept) < len(triplets):
+        missing = sorted(i for i, ok in present.items() if not ok)
+        print(f"{len(triplets) - len(kept)} of {len(triplets)} triplets skipped: image files missing "
+              f"(e.g. {_examples(fmt, missing)}); `python -m data.check --dataset {fmt.name}` lists them")
+    if triplets and not kept:
+        raise FileNotFoundError(f"no {fmt.name} triplet has both image files; searched "
+                                f"{', '.join(str(p) for p in fmt.image_folders())}. Put the images there "
+                                f"or pass --data_root")
+    return kept
+
+
+def drop_missing_eval(fmt: DatasetFormat, split: EvalSplit) -> EvalSplit:
+    """The split without missing images: gallery images, targets, and queries whose reference or every
+    target is missing."""
+    present = _present(fmt, split.gallery + [x for q in split.queries for x in (q.reference, *q.targets)])
+    gallery = [i for i in split.gallery if present[i]]
+    queries = [replace(q, targets=[t for t in q.targets if present[t]]) for q in split.queries
+               if present[q.reference] and any(present[t] for t in q.targets)]
+    if len(gallery) < len(split.gallery) or len(queries) < len(split.queries):
+        missing = sorted(i for i, ok in present.items() if not ok)
+        print(f"{split.category}: {len(split.queries) - len(queries)} of {len(split.queries)} queries and "
+              f"{len(split.gallery) - len(gallery)} of {len(split.gallery)} gallery images skipped: image files "
+              f"missing (e.g. {_examples(fmt, missing)})")
+    if split.queries and not queries:
+        raise FileNotFoundError(f"no {fmt.name} {split.category} query has its images; searched "
+                                f"{', '.join(str(p) for p in fmt.image_folders())}")
+    return EvalSplit(split.category, queries, gallery)
