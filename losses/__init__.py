@@ -1,0 +1,3 @@
+from .retrieval import LossOutput, RetrievalLoss
+
+__all__ = ["LossOutput", "RetrievalLoss"]

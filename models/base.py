@@ -1,0 +1,140 @@
+"""The interface every variant implements, and the query container they return.
+
+A `Retriever` embeds images once (every granularity), embeds texts, composes
+queries, and scores any Q queries against any G targets as a Q×G matrix made
+of matrix products (MANME.md §2). Variants differ only in `compose` and
+`score_per_grain`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .image_encoder import ImageEncoder
+from .text_encoder import TextEncoder
+
+
+def map_tensors(obj, fn):
+    """Rebuild `obj` (dataclass, dict, list, tuple, nesting of them) with `fn` applied to every tensor."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def first_tensor(obj) -> Tensor:
+    found = []
+    map_tensors(obj, lambda t: found.append(t) or t)
+    if not found:
+        raise ValueError(f"{type(obj).__name__} holds no tensor")
+    return found[0]
+
+
+@dataclass
+class ComposedQuery:
+    """Base of the per-variant query dataclasses: every field is a tensor or a dict grain -> tensor,
+    all with the query count as leading dimension, so slicing, `.to()` and gathering are generic."""
+
+    def __len__(self) -> int:
+        return first_tensor(self).shape[0]
+
+    def __getitem__(self, index) -> "ComposedQuery":
+        return map_tensors(self, lambda t: t[index])
+
+    def slice(self, start: int, stop: int) -> "ComposedQuery":
+        return self[start:stop]
+
+    def to(self, *args, **kwargs) -> "ComposedQuery":
+        return map_tensors(self, lambda t: t.to(*args, **kwargs))
+
+    def detach(self) -> "ComposedQuery":
+        return map_tensors(self, Tensor.detach)
+
+
+def l2(x: Tensor) -> Tensor:
+    return F.normalize(x, dim=-1)
+
+
+class Retriever(nn.Module):
+    """Image and text encoders, the learnable temperature, freezing; variants add composition and scoring."""
+
+    uses_text = True          # visual-search ignores the text: its encoder is then never trained
+
+    def __init__(self, cfg, vocab_size: int, grains: list[str] | None = None,
+                 vocab_words: list[str] | None = None, glove_cache: str | None = None):
+        super().__init__()
+        self.grains = list(grains or cfg.grain_list)
+        self.embed_dim = cfg.embed_dim
+        self.image_encoder = ImageEncoder(cfg.backbone, cfg.backbone_weights, self.grains, cfg.embed_dim, cfg.gem_p)
+        self.text_encoder = TextEncoder(vocab_size, cfg.word_dim, cfg.embed_dim, cfg.glove_path,
+                                        vocab_words, glove_cache)
+        self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature_init)))
+        self.set_finetune(cfg.img_finetune, cfg.txt_finetune)
+
+    # --- embeddings -------------------------------------------------------------------------------
+    def encode_images(self, images: Tensor) -> dict[str, Tensor]:
+        """grain -> (N, d) L2-normalised embeddings."""
+        return self.image_encoder(images)
+
+    def encode_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """(Q, d) L2-normalised text embeddings `m`."""
+        return self.text_encoder(tokens, lengths)
+
+    def forward(self, reference_images: Tensor, target_images: Tensor, tokens: Tensor, lengths: Tensor):
+        """One training step's embeddings: (query, targets), one backbone pass for both image sets."""
+        features = self.encode_images(torch.cat([reference_images, target_images]))
+        n = reference_images.shape[0]
+        query = self.compose({g: x[:n] for g, x in features.items()}, self.encode_texts(tokens, lengths))
+        return query, {g: x[n:] for g, x in features.items()}
+
+    # --- composition and scoring (variants) ---------------------------------------------------------
+    def compose(self, reference: dict[str, Tensor], text: Tensor) -> ComposedQuery:
+        raise NotImplementedError
+
+    def score_per_grain(self, query: ComposedQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """grain -> (Q, G) scores."""
+        raise NotImplementedError
+
+    def score(self, query: ComposedQuery, targets: dict[str, Tensor]) -> Tensor:
+        """(Q, G) retrieval score S = sum over the model's grains."""
+        return sum(self.score_per_grain(query, targets).values())
+
+    def score_parts(self, query: ComposedQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Diagnostics by name: "score/<grain>" (Q, G), plus what the variant has
+        ("modified/<grain>", "preserved/<grain>" (Q, G), "modification_attention/<grain>",
+        "preserve_attention/<grain>" (Q, d))."""
+        return {f"score/{g}": s for g, s in self.score_per_grain(query, targets).items()}
+
+    def attention_overlap(self, query: ComposedQuery) -> dict[str, Tensor]:
+        """grain -> (Q,) shared mass sum_k min(A_mod, A_pre); empty for variants without both attentions."""
+        return {}
+
+    # --- freezing -----------------------------------------------------------------------------------
+    def backbone_parameters(self):
+        return self.image_encoder.backbone.parameters()
+
+    def word_embedding_parameters(self):
+        return self.text_encoder.embedding.parameters()
+
+    def set_finetune(self, img: bool, txt: bool) -> None:
+        """Stage 1 (False, False): backbone frozen and kept in eval mode, word embeddings frozen."""
+        self.image_encoder.set_finetune(img)
+        for p in self.text_encoder.parameters():
+            p.requires_grad_(self.uses_text)
+        for p in self.word_embedding_parameters():
+            p.requires_grad_(txt and self.uses_text)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

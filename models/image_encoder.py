@@ -1,0 +1,108 @@
+"""Multi-grained image encoder (MANME.md §1): ResNet C2/C3/C4, FPN-style top-down, GeM, projection, L2.
+
+coarse = P4 = C4, mid = P3 = smooth3(C3 + up(lat4(P4))), fine = P2 = smooth2(C2 + up(lat3(P3))).
+Only the levels the chosen grains need are built (coarse alone has no top-down path).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+log = logging.getLogger("manme")
+
+WEIGHT_FILES = {"resnet50": "resnet50-0676ba61.pth", "resnet18": "resnet18-f37072fd.pth"}
+CHANNELS = {"resnet50": (512, 1024, 2048), "resnet18": (128, 256, 512)}  # C2, C3, C4
+DEPTH = {"coarse": 0, "mid": 1, "fine": 2}  # how many top-down steps a grain needs
+
+
+def resolve_backbone_weights(backbone: str, weights: str) -> Path | None:
+    """The state-dict file to load: None for 'none', torchvision's cache for 'default', else the path."""
+    if weights == "none":
+        return None
+    if weights == "default":
+        path = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHT_FILES[backbone]
+    else:
+        path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet weights for {backbone} not found at {path}. Put torchvision's {WEIGHT_FILES[backbone]} "
+            f"(https://download.pytorch.org/models/{WEIGHT_FILES[backbone]}) at {path}, pass its location with "
+            f"--backbone_weights PATH, or pass --backbone_weights none to train the backbone from scratch "
+            f"(nothing is downloaded).")
+    return path
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet without pooling and classifier; returns C2, C3, C4."""
+
+    def __init__(self, name: str, weights: str):
+        super().__init__()
+        resnet = getattr(torchvision.models, name)(weights=None)
+        path = resolve_backbone_weights(name, weights)
+        if path is not None:
+            resnet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            log.info(f"{name}: ImageNet weights loaded from {path}")
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
+        self.layer2, self.layer3, self.layer4 = resnet.layer2, resnet.layer3, resnet.layer4
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        c2 = self.layer2(self.stem(images))
+        c3 = self.layer3(c2)
+        return c2, c3, self.layer4(c3)
+
+
+def gem(x: Tensor, p: float, eps: float = 1e-6) -> Tensor:
+    """Generalized-mean pooling over the spatial dimensions: (N, C, H, W) -> (N, C), in float32
+    (x**3 overflows float16)."""
+    return x.float().clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, backbone: str, weights: str, grains: list[str], embed_dim: int, gem_p: float = 3.0):
+        super().__init__()
+        self.grains, self.gem_p, self.finetune = list(grains), gem_p, False
+        self.backbone = Backbone(backbone, weights)
+        c2, c3, c4 = CHANNELS[backbone]
+        depth = max(DEPTH[g] for g in self.grains)
+        if depth >= 1:
+            self.lat4, self.smooth3 = nn.Conv2d(c4, c3, 1), nn.Conv2d(c3, c3, 3, padding=1)
+        if depth >= 2:
+            self.lat3, self.smooth2 = nn.Conv2d(c3, c2, 1), nn.Conv2d(c2, c2, 3, padding=1)
+        width = {"coarse": c4, "mid": c3, "fine": c2}
+        self.projections = nn.ModuleDict({g: nn.Linear(width[g], embed_dim) for g in self.grains})
+        self.depth = depth
+
+    def set_finetune(self, finetune: bool) -> None:
+        self.finetune = finetune
+        for p in self.backbone.parameters():
+            p.requires_grad_(finetune)
+        self.backbone.train(self.training and finetune)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.train(mode and self.finetune)  # a frozen backbone stays in eval mode
+        return self
+
+    def feature_maps(self, images: Tensor) -> dict[str, Tensor]:
+        """grain -> P level feature map."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
+            c2, c3, c4 = self.backbone(images)
+        levels = {"coarse": c4}
+        if self.depth >= 1:
+            levels["mid"] = self.smooth3(c3 + upsample(self.lat4(c4), c3))
+        if self.depth >= 2:
+            levels["fine"] = self.smooth2(c2 + upsample(self.lat3(levels["mid"]), c2))
+        return {g: levels[g] for g in self.grains}
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {g: F.normalize(self.projections[g](gem(x, self.gem_p)).float(), dim=-1)
+                for g, x in self.feature_maps(images).items()}
+
+
+def upsample(x: Tensor, like: Tensor) -> Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,166 @@
+"""The MANME objective (MANME.md §3) against its definitions, per variant, and double-precision gradchecks."""
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from config import MODELS, resolve
+from losses import LossOutput, RetrievalLoss
+from models import build_model
+
+D = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one intra-op thread. Two OpenMP threads on a busy 2-core machine are ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+BOTH_ATTENTIONS = ("manme", "artemis")
+
+
+@functools.lru_cache(maxsize=None)
+def small(name, lambda_me=None, lambda_ov=0.0, dtype=torch.float32):
+    if dtype != torch.float32:
+        model, cfg = small(name, lambda_me, lambda_ov)
+        return copy.deepcopy(model).to(dtype), cfg
+    flags = dict(model=name, backbone="resnet18", backbone_weights="none", embed_dim=D, word_dim=8,
+                 lambda_ov=lambda_ov)
+    if lambda_me is not None:
+        flags["lambda_me"] = lambda_me
+    cfg = resolve(flags)
+    torch.manual_seed(0)
+    return build_model(cfg, vocab_size=20), cfg
+
+
+def batch(model, b=6, dtype=torch.float32, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    unit = lambda: F.normalize(torch.randn(b, D, generator=gen, dtype=dtype), dim=-1)
+    return {g: unit() for g in model.grains}, unit(), {g: unit() for g in model.grains}
+
+
+def definitions(model, cfg, reference, text, targets):
+    """sim/me/overlap per grain, written from MANME.md §2-§3 with broadcast scores."""
+    tau = model.log_temperature.exp()
+    projection = F.normalize(model.text_projection(text), dim=-1)
+    relevance = F.normalize(cfg.alpha * text + (1 - cfg.alpha) * projection, dim=-1)
+    out = {}
+    for g in model.grains:
+        a_mod, a_pre = model.block(g).modification(text), model.block(g).preservation(text)
+        r, t = reference[g], targets[g]
+        attended = lambda a: F.normalize(a[:, None, :] * t[None], dim=-1)            # (B, B, d)
+        s_mod = (projection[:, None] * attended(a_mod)).sum(-1)
+        s_pre = (F.normalize(a_pre * r, dim=-1)[:, None] * attended(a_pre)).sum(-1)
+        logits = tau * (s_mod + s_pre)
+        out[f"sim/{g}"] = -torch.log_softmax(logits, dim=1).diagonal().mean()
+        rel_mod = (relevance * F.normalize(a_mod * t, dim=-1)).sum(-1)
+        rel_pre = (relevance * F.normalize(a_pre * t, dim=-1)).sum(-1)
+        out[f"me/{g}"] = torch.clamp(cfg.margin_list[g] + rel_pre - rel_mod, min=0).mean()
+        out[f"overlap/{g}"] = torch.minimum(a_mod, a_pre).sum(-1).mean()
+    return out
+
+
+@pytest.mark.parametrize("lambda_ov", [0.0, 0.5])
+def test_manme_loss_matches_definitions(lambda_ov):
+    model, cfg = small("manme", lambda_ov=lambda_ov)
+    reference, text, targets = batch(model)
+    with torch.no_grad():
+        out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+        expected = definitions(model, cfg, reference, text, targets)
+    assert isinstance(out, LossOutput)
+    for key, value in expected.items():
+        assert torch.allclose(out.parts[key], value, atol=1e-5), key
+    for part in ("sim", "me", "overlap"):
+        assert torch.allclose(out.parts[part], sum(out.parts[f"{part}/{g}"] for g in model.grains))
+    expected_total = out.parts["sim"] + cfg.lambda_me * out.parts["me"] + lambda_ov * out.parts["overlap"]
+    assert torch.allclose(out.total, expected_total)
+    assert 0 < out.parts["overlap/coarse"] <= 1
+
+
+def test_margins_and_alpha_come_from_config():
+    model, cfg = small("manme")
+    reference, text, targets = batch(model)
+    other = resolve({**cfg.to_dict(), "margins": "0.9,0.1,0.0", "alpha": 0.8})
+    with torch.no_grad():
+        query = model.compose(reference, text)
+        out = RetrievalLoss(other)(model, query, targets)
+        expected = definitions(model, other, reference, text, targets)
+    for g in model.grains:
+        assert torch.allclose(out.parts[f"me/{g}"], expected[f"me/{g}"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parts_per_variant(name):
+    model, cfg = small(name)
+    reference, text, targets = batch(model)
+    out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+    keys = {f"sim/{g}" for g in model.grains} | {"sim"}
+    if name in BOTH_ATTENTIONS:
+        keys |= {f"{p}/{g}" for p in ("me", "overlap") for g in model.grains} | {"me", "overlap"}
+    assert set(out.parts) == keys
+    assert out.total.ndim == 0 and torch.isfinite(out.total)
+    out.total.backward()
+    assert model.log_temperature.grad is not None and model.log_temperature.grad != 0
+    model.zero_grad(set_to_none=True)
+
+
+def test_artemis_preset_has_no_mutual_exclusion_in_total():
+    model, cfg = small("artemis")
+    assert cfg.lambda_me == 0 and model.grains == ["coarse"]
+    reference, text, targets = batch(model)
+    out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+    assert torch.equal(out.total, out.parts["sim"])
+    assert not out.parts["me"].requires_grad and not out.parts["overlap"].requires_grad  # diagnostics only
+
+
+def test_overlap_is_detached_unless_weighted():
+    for lambda_ov, grad in ((0.0, False), (0.5, True)):
+        model, cfg = small("manme", lambda_ov=lambda_ov)
+        reference, text, targets = batch(model)
+        out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+        assert out.parts["overlap"].requires_grad == grad
+        assert out.parts["me"].requires_grad
+
+
+def test_temperature_scales_logits():
+    model, cfg = small("cross-modal")
+    reference, text, targets = batch(model)
+    query = model.compose(reference, text)
+    with torch.no_grad():
+        out = RetrievalLoss(cfg)(model, query, targets)
+        logits = model.log_temperature.exp() * (text @ targets["coarse"].T)
+        assert torch.allclose(out.parts["sim/coarse"], F.cross_entropy(logits, torch.arange(6)), atol=1e-6)
+
+
+class WithTemperature:
+    """The model's scoring with the log-temperature as a gradcheck input."""
+
+    def __init__(self, model, kappa):
+        self.model, self.log_temperature = model, kappa
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+@pytest.mark.parametrize("name", ["manme", "artemis", "tirg", "em-only", "is-only", "late-fusion"])
+def test_gradcheck_losses(name):
+    """Every part (sim, me, overlap with lambda_ov > 0) and the total, w.r.t. embeddings and kappa."""
+    model, cfg = small(name, lambda_me=1.0, lambda_ov=0.5, dtype=torch.float64)
+    loss_fn = RetrievalLoss(cfg)
+    reference, text, targets = batch(model, b=3, dtype=torch.float64)
+    grains = model.grains
+    inputs = [reference[g] for g in grains] + [text] + [targets[g] for g in grains]
+    inputs = [x.clone().requires_grad_(True) for x in inputs] + [torch.tensor(1.3, dtype=torch.float64, requires_grad=True)]
+    names = ["sim", "me", "overlap"] if name in BOTH_ATTENTIONS else ["sim"]
+
+    def loss(*xs):
+        k = len(grains)
+        ref, txt, tgt, kappa = dict(zip(grains, xs[:k])), xs[k], dict(zip(grains, xs[k + 1:2 * k + 1])), xs[-1]
+        out = loss_fn(WithTemperature(model, kappa), model.compose(ref, txt), tgt)
+        return torch.stack([out.total] + [out.parts[n] for n in names])
+
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5)
