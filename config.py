@@ -81,6 +81,7 @@ class Config:
     skip_nonfinite: bool = opt(False, "Skip batches whose loss is NaN/inf instead of stopping.", "train")
     max_steps: int = opt(0, "Stop each stage after this many optimizer steps (0: no limit; for smoke tests).", "train")
     validate: bool = opt(True, "Validate after every epoch.", "train")
+    val_figure: bool = opt(True, "Add a retrieval figure to TensorBoard at each validation.", "train")
     # --- performance / device ---
     device: str = opt("auto", "cpu, cuda or auto (cuda when available).", "run", choices=("auto", "cpu", "cuda"))
     amp: str = opt("auto", "Mixed precision: bf16, fp16, off, or auto (bf16 on CUDA when supported, off on CPU).",
@@ -93,6 +94,7 @@ class Config:
     eval_batch_size: int = opt(64, "Images per batch when embedding the gallery.", "eval,train")
     eval_chunk: int = opt(1024, "Queries scored per chunk.", "eval,train")
     gallery_chunk: int = opt(8192, "Gallery images scored per chunk.", "eval,train")
+    profile: bool = opt(False, "evaluate.py: also report trainable/total parameters and GFLOPs per query.", "eval")
 
     # ---- derived views ----
     @property
@@ -142,11 +144,13 @@ class Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-# Per-dataset defaults: the ARTEMIS release recipe (MANME.md §5).
+# Per-dataset defaults: the ARTEMIS release recipe (MANME.md §5; its scripts/release_script.sh):
+# stage 1 runs 8 epochs halving every 4; stage 2 runs 50 epochs halving every 10, and
+# Fashion200k uses resnet18, batch 128, and 100 stage-2 epochs halving every 20.
 PRESETS: dict[str, dict[str, Any]] = {
-    "fashioniq": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4),
-    "shoes": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4),
-    "fashion200k": dict(backbone="resnet18", batch_size=128, num_epochs=8, step_lr=4),
+    "fashioniq": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4, finetune_epochs=50, finetune_step_lr=10),
+    "shoes": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4, finetune_epochs=50, finetune_step_lr=10),
+    "fashion200k": dict(backbone="resnet18", batch_size=128, num_epochs=8, step_lr=4, finetune_epochs=100, finetune_step_lr=20),
 }
 # Variants that fix some options (MANME.md §4).
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
