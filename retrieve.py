@@ -1,0 +1,125 @@
+"""Search your own images with a trained checkpoint (CPU, or the GPU when present).
+
+  python retrieve.py index --ckpt PATH --images DIR --out INDEX
+      embeds every JPEG/PNG/WebP file under DIR (recursively) into INDEX; unreadable files are
+      listed and skipped. INDEX holds tensors, strings and numbers only (loaded with
+      torch.load(weights_only=True)) and the checkpoint's sha256.
+  python retrieve.py query --index INDEX --image REF --text "..." [--k 10] [--png OUT.png]
+      prints the k best files with their scores, best first. --text is tokenised as evaluation
+      does and also takes FashionIQ's two-caption form as rankings.jsonl writes it
+      ("first caption <and> second caption"). Words outside the vocabulary are reported.
+      As in evaluation, the reference never ranks against itself: when REF is one of the indexed
+      files (same path or the same file), it is left out of the results.
+      The checkpoint is the one recorded in the index (--ckpt to point at a moved copy of it);
+      any other checkpoint is refused.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default=None, help="cpu, cuda or auto (default: auto)")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=None,
+                        help="mixed precision for the image encoder (default: auto, as evaluation)")
+
+
+def index_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retrieve.py index", description="Embed a folder of images.")
+    parser.add_argument("--ckpt", required=True, help="trained checkpoint (best.pt)")
+    parser.add_argument("--images", required=True, help="folder to index (recursively)")
+    parser.add_argument("--out", required=True, help="index file to write")
+    parser.add_argument("--eval_batch_size", type=int, default=None, help="images per batch (default: 64)")
+    parser.add_argument("--num_workers", type=int, default=None, help="image loading processes (default: 4)")
+    common(parser)
+    return parser
+
+
+def query_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retrieve.py query", description="Query an index.")
+    parser.add_argument("--index", required=True, help="index file written by `retrieve.py index`")
+    parser.add_argument("--image", required=True, help="reference image")
+    parser.add_argument("--text", required=True, help='modification text; FashionIQ form "first <and> second" accepted')
+    parser.add_argument("--k", type=int, default=10, help="results to print")
+    parser.add_argument("--png", default="", help="also draw the results, as in the retrieval figure")
+    parser.add_argument("--ckpt", default="", help="the index's checkpoint, if it moved (default: recorded path)")
+    common(parser)
+    return parser
+
+
+def overrides(args) -> dict:
+    return {k: v for k, v in vars(args).items()
+            if k in ("device", "amp", "eval_batch_size", "num_workers") and v is not None}
+
+
+def run_index(args) -> None:
+    from utils.evaluation import load_trained
+    from utils.search_index import build_index, save_index
+    from utils.trainer import amp_dtype
+
+    model, cfg, _ = load_trained(args.ckpt, overrides(args))
+    device = next(model.parameters()).device
+    print(f"indexing {args.images} with {args.ckpt} ({cfg.model}, {cfg.crop_size} px) on {device}")
+    index = build_index(model, args.images, args.ckpt, cfg.crop_size, device, cfg.eval_batch_size,
+                        cfg.num_workers, amp_dtype(cfg, device), cfg)
+    if index.skipped:
+        print(f"{len(index.skipped)} unreadable file(s) skipped:", file=sys.stderr)
+        for line in index.skipped:
+            print(f"  {line}", file=sys.stderr)
+    if len(index) == 0:
+        raise ValueError(f"{args.images}: no readable image; nothing indexed")
+    save_index(index, args.out)
+    print(f"wrote {args.out}: {len(index)} images, grains {', '.join(index.embeddings)}")
+
+
+def run_query(args) -> None:
+    from utils.evaluation import load_trained
+    from utils.figures import RetrievalRow, draw_retrievals, save_png
+    from utils.search_index import check_checkpoint, load_index, search
+    from utils.trainer import amp_dtype
+
+    if args.k < 1:
+        raise ValueError("--k must be at least 1")
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"{args.image}: reference image not found (--image)")
+    index = load_index(args.index)
+    ckpt = args.ckpt or index.checkpoint["path"]
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"{ckpt}: the checkpoint that built {args.index} is not there; "
+                                f"pass its new location with --ckpt")
+    check_checkpoint(index, ckpt, args.index)
+    model, cfg, vocab = load_trained(ckpt, overrides(args))
+    device = next(model.parameters()).device
+    result = search(model, vocab, index, args.image, args.text, args.k, device, amp_dtype(cfg, device))
+    if result.unknown_words:
+        print(f"warning: not in the vocabulary, read as <unk>: {', '.join(dict.fromkeys(result.unknown_words))}",
+              file=sys.stderr)
+    if result.excluded is not None:
+        print(f"note: the reference {result.excluded} is in the index and left out of the ranking", file=sys.stderr)
+    for path, score in zip(result.paths, result.scores):
+        print(f"{score:8.4f}  {path}")
+    if args.png:
+        save_png(draw_retrievals([RetrievalRow(Path(args.image), args.text, result.paths, result.scores)],
+                                 title=f"{cfg.model} · {Path(index.root).name}"), args.png)
+        print(f"wrote {args.png}", file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"index": (index_parser, run_index), "query": (query_parser, run_query)}
+    if not argv or argv[0] not in commands:
+        if argv and argv[0] in ("-h", "--help"):
+            print(__doc__)
+            return
+        sys.exit("error: give a command: index or query (see python retrieve.py --help)")
+    make_parser, run = commands[argv[0]]
+    run(make_parser().parse_args(argv[1:]))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, PermissionError, RuntimeError, OSError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,241 @@
+"""Search your own images: embed a folder once into an index file, then query it.
+
+An index file is `torch.save` of plain values only (tensors, strings, numbers, lists, dicts)
+and is read with `torch.load(weights_only=True)`, which refuses anything that could run code:
+
+    format "manme-search-index", version 1
+    root        the indexed folder (absolute); `paths` are relative to it (POSIX form)
+    paths       [N] image files, sorted
+    embeddings  grain -> (N, d) float32, L2-normalised, row i is paths[i]
+    checkpoint  {"path", "sha256", "model", "dataset"}: the checkpoint that made the embeddings
+    crop_size   the evaluation crop the images were embedded at
+    skipped     ["<path>: <why>"] unreadable files left out
+
+A query with any other checkpoint is refused: its embeddings would not be comparable.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.images import eval_transform, load_image
+from utils.io import atomic_write
+
+FORMAT, VERSION = "manme-search-index", 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclass
+class SearchIndex:
+    root: str
+    paths: list[str]
+    embeddings: dict[str, torch.Tensor]
+    checkpoint: dict
+    crop_size: int
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def file(self, i: int) -> Path:
+        return Path(self.root) / self.paths[i]
+
+    def position(self, image: str | Path) -> int:
+        """Row of `image` when that very file is in the index (same path after resolving links,
+        or the same file on disk), else -1."""
+        image = Path(image).resolve()
+        try:
+            rel = image.relative_to(Path(self.root).resolve()).as_posix()
+        except ValueError:
+            rel = None
+        rows = {p: i for i, p in enumerate(self.paths)}
+        if rel in rows:
+            return rows[rel]
+        for i, p in enumerate(self.paths):  # the same file reached through another path
+            candidate = Path(self.root) / p
+            if candidate.name == image.name and candidate.exists() and os.path.samefile(candidate, image):
+                return i
+        return -1
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_identity(path: str | Path, cfg=None) -> dict:
+    """What ties an index to the weights that built it: the sha256 of the checkpoint file (the path,
+    model and dataset are kept for messages)."""
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path),
+            "model": getattr(cfg, "model", ""), "dataset": getattr(cfg, "dataset", "")}
+
+
+def check_checkpoint(index: SearchIndex, checkpoint_path: str | Path, index_path: str | Path = "the index") -> None:
+    """Raise ValueError unless `checkpoint_path` is the file the index was built with."""
+    digest = file_sha256(checkpoint_path)
+    if digest != index.checkpoint["sha256"]:
+        raise ValueError(f"{checkpoint_path} (sha256 {digest[:12]}) is not the checkpoint that built {index_path} "
+                         f"({index.checkpoint['path']}, sha256 {index.checkpoint['sha256'][:12]}): embeddings of different weights cannot be compared. "
+                         f"Query with the checkpoint the index was built with (omit --ckpt, or point it at a copy "
+                         f"of that file), or rebuild the index with "
+                         f"`retrieve.py index --ckpt {checkpoint_path} --images {index.root} --out ...`")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every JPEG/PNG/WebP file under `folder`, recursively (hidden entries skipped), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (--images)")
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
+    return sorted(found)
+
+
+class ImageFiles(Dataset):
+    """Items: dict(image=tensor, index=i), or dict(error=message, index=i) for an unreadable file."""
+
+    def __init__(self, paths: list[Path], crop_size: int):
+        self.paths, self.transform = paths, eval_transform(crop_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return dict(image=self.transform(load_image(self.paths[i])), index=i)
+        except (OSError, ValueError) as e:
+            return dict(error=str(e), index=i)
+
+
+def collate_readable(items: list[dict]) -> dict:
+    good = [x for x in items if "image" in x]
+    return dict(image=torch.stack([x["image"] for x in good]) if good else None,
+                index=[x["index"] for x in good], errors=[(x["index"], x["error"]) for x in items if "error" in x])
+
+
+@torch.inference_mode()
+def embed_files(model, paths: list[Path], crop_size: int, device, batch_size: int = 64, num_workers: int = 0,
+                amp_dtype=None, progress: bool = True, desc: str = "embed images"):
+    """(grain -> (n, d) float32 embeddings of the readable files, their indices in `paths`,
+    [(index, message)] of the unreadable ones)."""
+    loader = DataLoader(ImageFiles(paths, crop_size), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate_readable, pin_memory=device.type == "cuda")
+    parts: dict[str, list[torch.Tensor]] = {g: [] for g in model.grains}
+    kept, errors = [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        errors += batch["errors"]
+        if batch["image"] is None:
+            continue
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            feats = model.encode_images(batch["image"].to(device, non_blocking=True))
+        for g in model.grains:
+            parts[g].append(feats[g].float())
+        kept += batch["index"]
+    embeddings = {g: torch.cat(x) if x else torch.zeros(0, model.embed_dim, device=device) for g, x in parts.items()}
+    return embeddings, kept, errors
+
+
+def build_index(model, folder: str | Path, checkpoint_path: str | Path, crop_size: int, device,
+                batch_size: int = 64, num_workers: int = 0, amp_dtype=None, cfg=None,
+                progress: bool = True) -> SearchIndex:
+    """Embed every image under `folder`; unreadable files are recorded in `skipped`, not embedded."""
+    root = Path(folder).resolve()
+    files = list_images(root)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no image files (.jpg, .jpeg, .png, .webp) in it or its subfolders")
+    embeddings, kept, errors = embed_files(model, files, crop_size, device, batch_size, num_workers,
+                                           amp_dtype, progress, desc="index images")
+    skipped = [message if message.startswith(str(files[i])) else f"{files[i]}: {message}" for i, message in errors]
+    return SearchIndex(root=str(root), paths=[files[i].relative_to(root).as_posix() for i in kept],
+                       embeddings={g: x.cpu() for g, x in embeddings.items()},
+                       checkpoint=checkpoint_identity(checkpoint_path, cfg), crop_size=crop_size, skipped=skipped)
+
+
+def save_index(index: SearchIndex, path: str | Path) -> None:
+    state = {"format": FORMAT, "version": VERSION, "root": index.root, "paths": list(index.paths),
+             "embeddings": {g: x.contiguous() for g, x in index.embeddings.items()},
+             "checkpoint": dict(index.checkpoint), "crop_size": int(index.crop_size), "skipped": list(index.skipped)}
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+
+def load_index(path: str | Path) -> SearchIndex:
+    """Read an index safely (no pickle code); any fault raises ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: index file not found; build it with `retrieve.py index`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused to load: the file holds Python objects other than tensors and plain "
+                         f"values ({str(e).splitlines()[0][:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: truncated or corrupt index ({type(e).__name__}); rebuild it with "
+                         f"`retrieve.py index`") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a manme search index (build one with `retrieve.py index`)")
+    if state.get("version") != VERSION:
+        raise ValueError(f"{path}: index version {state.get('version')}, this code reads version {VERSION}; "
+                         f"rebuild it with `retrieve.py index`")
+    return SearchIndex(root=state["root"], paths=list(state["paths"]), embeddings=dict(state["embeddings"]),
+                       checkpoint=dict(state["checkpoint"]), crop_size=int(state["crop_size"]),
+                       skipped=list(state["skipped"]))
+
+
+@dataclass
+class SearchResult:
+    paths: list[Path]          # best first
+    scores: list[float]
+    excluded: Path | None      # the query image itself, when it is in the index
+    unknown_words: list[str]   # words of the text outside the vocabulary (read as <unk>)
+
+
+@torch.inference_mode()
+def search(model, vocab, index: SearchIndex, image: str | Path, text: str, k: int, device,
+           amp_dtype=None) -> SearchResult:
+    """The k indexed images that best match (reference `image`, modification `text`), best first.
+
+    The text is tokenised as evaluation does (FashionIQ's "first <and> second" included). As in
+    evaluation, the reference is never ranked against itself: when `image` is one of the indexed
+    files (same path, or the same file through a link), that row is left out of the ranking."""
+    from models.base import map_tensors
+    from utils.evaluation import embed_texts
+    from utils.ranking import rank_queries
+
+    if len(index) == 0:
+        raise ValueError("the index holds no image")
+    reference, _, errors = embed_files(model, [Path(image)], index.crop_size, device, amp_dtype=amp_dtype,
+                                       progress=False)
+    if errors:
+        raise ValueError(f"--image: {errors[0][1]}")
+    query = model.compose(reference, embed_texts(model, vocab, [text], device))
+    gallery = {g: x.to(device) for g, x in index.embeddings.items()}
+    missing = [g for g in model.grains if g not in gallery]
+    if missing:
+        raise ValueError(f"the index has no {', '.join(missing)} embeddings; rebuild it with this checkpoint")
+    own = index.position(image)
+    result = rank_queries(
+        lambda qs, gs: model.score(map_tensors(query, lambda t: t[qs]), {g: x[gs] for g, x in gallery.items()}).float(),
+        n_queries=1, n_gallery=len(index), targets=[[]], references=[own], topk=k, query_chunk=1,
+        gallery_chunk=8192)
+    return SearchResult(paths=[index.file(i) for i in result.topk_index[0].tolist()],
+                        scores=result.topk_score[0].tolist(), excluded=index.file(own) if own >= 0 else None,
+                        unknown_words=vocab.unknown_words(text))

@@ -1,0 +1,77 @@
+"""Figures of a trained model, as PNG sized for a paper column (1000 px wide by default).
+
+  python visualize.py retrievals --ckpt PATH [--data_root DIR] [--split val] [--n 8] [--k 10] --out FILE.png
+      one row per query: reference, modification text, top-k gallery images with scores
+      (ranked as evaluate.py ranks them), the correct target framed green
+  python visualize.py attention --ckpt PATH [--data_root DIR] [--n 4] --out FILE.png
+      for each query and granularity: Grad-CAM on the target image of the modified-part and the
+      preserved-part scores, side by side, with their attention overlap
+
+Queries come from the split's first category (FashionIQ: pick it with --categories shirt),
+spread evenly over it, so two checkpoints of the same data show the same queries.
+"""
+import sys
+
+from config import build_parser, given_flags
+
+COMMANDS = ("retrievals", "attention")
+
+
+def parser_for(command: str):
+    parser = build_parser("data,eval", __doc__)
+    parser.prog = f"visualize.py {command}"
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--n", type=int, default=8 if command == "retrievals" else 4, help="queries (rows)")
+    if command == "retrievals":
+        parser.add_argument("--k", type=int, default=10, help="gallery images shown per query")
+    parser.add_argument("--width", type=int, default=1000, help="figure width in pixels")
+    parser.add_argument("--title", default="", help="title line (default: model, dataset, split)")
+    parser.add_argument("--colors", type=int, default=0,
+                        help="store with an adaptive palette of this many colours (<= 256; smaller files); 0: full colour")
+    return parser
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] in ("-h", "--help"):
+            print(__doc__)
+            return
+        sys.exit(f"error: give a command: {' or '.join(COMMANDS)} (see python visualize.py --help)")
+    command = argv[0]
+    parser = parser_for(command)
+    args = parser.parse_args(argv[1:])
+    explicit = given_flags(args)
+    if not explicit.get("ckpt"):
+        parser.error("--ckpt PATH is required")
+    if args.n < 1 or getattr(args, "k", 1) < 1:
+        parser.error("--n and --k must be at least 1")
+
+    from data.base import open_dataset
+    from utils.evaluation import load_trained
+    from utils.figures import attention_figure, retrieval_figure, save_png
+    from utils.trainer import amp_dtype
+
+    model, cfg, vocab = load_trained(explicit["ckpt"], explicit)
+    device = next(model.parameters()).device
+    fmt = open_dataset(cfg)
+    if command == "retrievals":
+        image = retrieval_figure(model, fmt, vocab, cfg, device, cfg.split, args.n, args.k, args.width, args.title,
+                                 amp_dtype=amp_dtype(cfg, device), progress=True)
+    else:
+        image, rows = attention_figure(model, fmt, vocab, cfg, device, cfg.split, args.n, args.width, args.title)
+        for g in model.grains:
+            values = [r.overlap[g] for r in rows if g in r.overlap]
+            if values:
+                print(f"{g}: attention overlap " + " ".join(f"{v:.3f}" for v in values)
+                      + f" (mean {sum(values) / len(values):.3f}); maps overlap "
+                      + " ".join(f"{r.map_overlap[g]:.3f}" for r in rows))
+    save_png(image, args.out, args.colors)
+    print(f"wrote {args.out} ({image.width}x{image.height})")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, PermissionError, RuntimeError, OSError) as e:
+        sys.exit(f"error: {e}")
