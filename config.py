@@ -53,6 +53,9 @@ class Config:
     grains: str = opt("coarse,mid,fine", "Granularities to use, comma-separated subset of coarse,mid,fine.", "model")
     share_attention: bool = opt(False, "(ours) Share the compositor block's weights across granularities.", "model")
     gem_p: float = opt(3.0, "Generalized-mean pooling exponent.", "model")
+    fpn_smooth: str = opt("depthwise", "(ours) 3x3 smoothing convs of the top-down pathway: depthwise (nearly free) "
+                          "or full (dense; as many FLOPs as the resnet50 backbone itself at 224 px).", "model",
+                          choices=("depthwise", "full"))
     # --- loss ---
     temperature_init: float = opt(2.65926, "Initial log-temperature kappa (tau = exp(kappa)), learnable.", "model")
     alpha: float = opt(0.4, "(ours) Mix of the text embedding and its projection in the mutual-exclusion relevance.", "model")
@@ -66,7 +69,7 @@ class Config:
     ckpt: str = opt("", "Checkpoint to start stage 2 from (train) or to evaluate (evaluate).", "train,eval")
     num_epochs: int = opt(8, "Stage-1 epochs.", "train")
     finetune_epochs: int = opt(50, "Stage-2 epochs (used with --two_stage or when fine-tuning).", "train")
-    batch_size: int = opt(32, "Training triplets per optimizer step.", "train")
+    batch_size: int = opt(32, "Training triplets per optimizer step (per process under torchrun).", "train")
     lr: float = opt(5e-4, "AdamW learning rate.", "train")
     weight_decay: float = opt(0.0, "AdamW weight decay.", "train")
     step_lr: int = opt(4, "Halve the learning rate every step_lr epochs (stage 1).", "train")

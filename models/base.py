@@ -75,7 +75,8 @@ class Retriever(nn.Module):
         super().__init__()
         self.grains = list(grains or cfg.grain_list)
         self.embed_dim = cfg.embed_dim
-        self.image_encoder = ImageEncoder(cfg.backbone, cfg.backbone_weights, self.grains, cfg.embed_dim, cfg.gem_p)
+        self.image_encoder = ImageEncoder(cfg.backbone, cfg.backbone_weights, self.grains, cfg.embed_dim, cfg.gem_p,
+                                          cfg.fpn_smooth)
         self.text_encoder = TextEncoder(vocab_size, cfg.word_dim, cfg.embed_dim, cfg.glove_path,
                                         vocab_words, glove_cache)
         self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature_init)))

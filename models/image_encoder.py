@@ -63,16 +63,22 @@ def gem(x: Tensor, p: float, eps: float = 1e-6) -> Tensor:
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, backbone: str, weights: str, grains: list[str], embed_dim: int, gem_p: float = 3.0):
+    def __init__(self, backbone: str, weights: str, grains: list[str], embed_dim: int, gem_p: float = 3.0,
+                 smooth: str = "depthwise"):
         super().__init__()
         self.grains, self.gem_p, self.finetune = list(grains), gem_p, False
         self.backbone = Backbone(backbone, weights)
         c2, c3, c4 = CHANNELS[backbone]
         depth = max(DEPTH[g] for g in self.grains)
+        # A dense 3x3 smoothing conv at C3/C2 width (1024/512 channels for resnet50) costs as much
+        # as the whole backbone at 224 px; the depthwise one keeps the top-down pathway ~free.
+        def smoothing(channels: int) -> nn.Conv2d:
+            return nn.Conv2d(channels, channels, 3, padding=1, groups=channels if smooth == "depthwise" else 1)
+
         if depth >= 1:
-            self.lat4, self.smooth3 = nn.Conv2d(c4, c3, 1), nn.Conv2d(c3, c3, 3, padding=1)
+            self.lat4, self.smooth3 = nn.Conv2d(c4, c3, 1), smoothing(c3)
         if depth >= 2:
-            self.lat3, self.smooth2 = nn.Conv2d(c3, c2, 1), nn.Conv2d(c2, c2, 3, padding=1)
+            self.lat3, self.smooth2 = nn.Conv2d(c3, c2, 1), smoothing(c2)
         width = {"coarse": c4, "mid": c3, "fine": c2}
         self.projections = nn.ModuleDict({g: nn.Linear(width[g], embed_dim) for g in self.grains})
         self.depth = depth
