@@ -73,6 +73,15 @@ class ImageFolderList(Dataset):
         return dict(image=self.transform(load_image(self.paths[i])), index=i)
 
 
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: a worker ignores SIGINT/SIGTERM sent to the whole process group (Ctrl-C,
+    a cluster scheduler), so the main process can finish its step and save; workers still exit when the
+    main process shuts them down or dies."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def collate_triplets(items: list[dict]) -> TripletBatch:
     tokens, lengths = pad_tokens([x["tokens"] for x in items])
     return TripletBatch(reference=torch.stack([x["reference"] for x in items]),

@@ -28,7 +28,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool
     """Write `state` to `path` atomically; the file it replaces is kept as `<name>.prev.pt`."""
     path = Path(path)
     if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
+        previous = previous_path(path)
+        link = previous.with_name(f".{previous.name}.link")
+        try:  # path stays in place until the new file replaces it
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, previous)
+        except OSError:  # no hard links on this file system
+            os.replace(path, previous)
     atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
@@ -41,20 +48,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    corrupt = (f"{path}: truncated or corrupt checkpoint ({{}}). Use an earlier checkpoint "
+               f"(e.g. {previous_path(path).name}).")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index sits at the very end
+        size = path.stat().st_size
+        raise CheckpointError(corrupt.format(f"{size} bytes, not the complete zip archive torch.save writes"))
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors and plain values, "
-            f"which could run code when read ({str(e).splitlines()[0][:200]}). Only load checkpoints written "
+            f"which could run code when read ({_unpickling_reason(e)}). Only load checkpoints written "
             f"by manme's train.py.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''}). Use an earlier checkpoint "
-                              f"(e.g. {previous_path(path).name}).") from None
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:  # anything else a damaged archive raises (RuntimeError, EOFError, KeyError, ...)
+        raise CheckpointError(corrupt.format(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                                             )) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a manme checkpoint (no model/config entries)")
     return state
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """The informative line of torch's weights-only refusal (e.g. 'unsupported GLOBAL posix.system ...')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
+    return (useful or lines or [type(error).__name__])[0][:200]
 
 
 def rng_state() -> dict[str, Any]:

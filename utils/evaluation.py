@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.images import eval_transform
-from data.loaders import ImageFolderList, drop_missing_eval
+from data.loaders import ImageFolderList, drop_missing_eval, ignore_stop_signals
 from models.base import map_tensors
 from utils.distributed import DistInfo, gather_no_grad
 from utils.logs import log
@@ -72,7 +72,8 @@ def embed_images(model, fmt, image_ids: list[str], crop_size: int, device, batch
     per_rank = -(-n // dist_info.world_size)
     mine = image_ids[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank]
     loader = DataLoader(ImageFolderList(fmt, mine, eval_transform(crop_size)), batch_size=batch_size,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=ignore_stop_signals)
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc="embed images", disable=not (progress and dist_info.is_main), leave=False):
         images = batch["image"].to(device, non_blocking=True)
@@ -188,12 +189,18 @@ def evaluate_checkpoint(checkpoint_path: str, explicit: dict) -> tuple[EvalResul
     model, cfg, vocab = load_trained(checkpoint_path, explicit)
     device = next(model.parameters()).device
     out_dir = Path(explicit["output_dir"]) if "output_dir" in explicit else Path(checkpoint_path).parent / f"eval_{cfg.split}"
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PermissionError(f"{out_dir}: cannot create the output directory ({e.strerror}); pass --output_dir") from None
-    fmt = open_dataset(cfg)
-    result = evaluate(model, fmt, vocab, cfg, cfg.split, device, amp_dtype=amp_dtype(cfg, device))
+    try:
+        fmt = open_dataset(cfg)
+        result = evaluate(model, fmt, vocab, cfg, cfg.split, device, amp_dtype=amp_dtype(cfg, device))
+    except BaseException:
+        if created and not any(out_dir.iterdir()):  # leave nothing behind for a failed evaluation
+            out_dir.rmdir()
+        raise
     metrics = result.to_json(str(checkpoint_path))
     if cfg.profile:
         from utils.profile import format_profile, profile_model

@@ -6,6 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
+from utils.io import atomic_write_text
+
 log = logging.getLogger("manme")
 
 
@@ -34,7 +36,7 @@ class StepLog:
             # drop lines written after the checkpoint we resume from: they are about to be redone
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and _step_of(line) is not None and _step_of(line) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif not resume_step:
             path.write_text("")
 

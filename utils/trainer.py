@@ -5,9 +5,7 @@ stage1/, stage2/}; each stage folder holds last.pt, best.pt and train_log.jsonl.
 """
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import signal
 import time
 from dataclasses import dataclass, replace
@@ -20,18 +18,23 @@ from tqdm import tqdm
 from config import Config
 from data.base import open_dataset
 from data.images import train_transform
-from data.loaders import TripletImages, collate_triplets, drop_missing
+from data.loaders import TripletImages, collate_triplets, drop_missing, ignore_stop_signals
 from data.text import Vocabulary, load_vocabulary
 from losses import RetrievalLoss
 from models import build_model
 from models.base import map_tensors
 from utils.checkpoint import (CheckpointError, load_checkpoint, previous_path, rng_state,
                               save_checkpoint, set_rng_state, strip_ddp_prefix)
-from utils.distributed import DistInfo, barrier, cleanup, gather_with_grad, init_distributed
+from utils.distributed import (DistInfo, all_reduce_mean, any_rank, barrier, cleanup, gather_with_grad,
+                               init_distributed)
 from utils.evaluation import evaluate
-from utils.io import atomic_write_json
+from utils.io import atomic_write, atomic_write_json, read_json
 from utils.logs import StepLog, log, setup_logging
 from utils.sampler import ResumableSampler
+
+
+# A stop signal repeated within this many seconds is one request delivered twice, not "stop now".
+REPEAT_SIGNAL_WINDOW_S = 5.0
 
 
 class NonFiniteLoss(RuntimeError):
@@ -135,7 +138,8 @@ class Trainer:
         self.loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
                                  collate_fn=collate_triplets, num_workers=workers,
                                  pin_memory=self.device.type == "cuda", drop_last=True,
-                                 persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+                                 persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                                 worker_init_fn=ignore_stop_signals)
 
         self.model = build_model(cfg, len(self.vocab), vocab_path=Path(cfg.vocab_dir) / f"{cfg.dataset}_vocab.json").to(self.device)
         self.model.set_finetune(img=cfg.img_finetune, txt=cfg.txt_finetune)
@@ -157,6 +161,7 @@ class Trainer:
         self.forward = torch.compile(forward) if cfg.compile else forward
         self.epoch, self.epoch_step, self.step, self.best_score = 0, 0, 0, -math.inf
         self.skipped = 0
+        self.saved_step: int | None = None   # step of the newest last.pt
         self.stop_signal: int | None = None
 
     # -- state ---------------------------------------------------------------------------------
@@ -165,11 +170,16 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
                 "stage": self.stage.number, "best_score": self.best_score, "skipped": self.skipped,
+                "global_batch": self.sampler.global_batch,
                 "rng": rng_state(), "config": self.cfg.to_dict(), "vocab": vocab_state(self.vocab)}
 
     def load_weights(self, checkpoint: dict, source: str) -> None:
         check_compatible(checkpoint, self.cfg, self.vocab, source)
-        self.model.load_state_dict(strip_ddp_prefix(checkpoint["model"]))
+        try:
+            self.model.load_state_dict(strip_ddp_prefix(checkpoint["model"]))
+        except RuntimeError as e:  # a setting check_compatible does not compare
+            raise CheckpointError(f"{source}: its weights do not fit this model ({str(e).splitlines()[0][:200]} ...); "
+                                  f"use the model flags of the checkpoint's config, or another checkpoint") from None
 
     def restore(self, checkpoint: dict, source: str) -> None:
         """Continue exactly where `checkpoint` stopped."""
@@ -178,13 +188,24 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.epoch_step, self.step = checkpoint["epoch"], checkpoint["epoch_step"], checkpoint["step"]
+        saved_batch = checkpoint.get("global_batch", self.sampler.global_batch)
+        if self.epoch_step and saved_batch != self.sampler.global_batch:
+            # another process count (or --batch_size): continue the epoch's order at the same triplet, rounded down
+            done = self.epoch_step * saved_batch
+            self.epoch_step = done // self.sampler.global_batch
+            log.warning(f"{source}: saved with a global batch of {saved_batch}, resumed with "
+                        f"{self.sampler.global_batch} (--batch_size x processes); epoch {self.epoch + 1} goes on "
+                        f"after {self.epoch_step * self.sampler.global_batch} of its {done} triplets already seen")
         self.best_score, self.skipped = checkpoint["best_score"], checkpoint.get("skipped", 0)
+        self.saved_step = self.step
         set_rng_state(checkpoint["rng"])
         log.info(f"resumed from {source}: epoch {self.epoch + 1}, step {self.step}")
 
     def save(self, name: str) -> None:
         if self.dist.is_main:
             save_checkpoint(self.stage.folder / name, self.state(), keep_previous=name == "last.pt")
+        if name == "last.pt":
+            self.saved_step = self.step
 
     # -- one optimizer step ----------------------------------------------------------------------
     def train_step(self, batch):
@@ -210,12 +231,21 @@ class Trainer:
         def flush():
             if not pending:
                 return
+            if self.dist.enabled and not cfg.gather_negatives:
+                # per-rank negatives: each rank's loss covers its own batch, so log the mean over ranks
+                # (one collective per flush; every rank flushes at the same steps)
+                keys = list(pending[0][2])
+                means = all_reduce_mean(torch.stack([torch.stack([p[k].float() for k in keys])
+                                                     for _, _, p, _ in pending]))
+                pending[:] = [(s, e, dict(zip(keys, m)), lr) for (s, e, _, lr), m in zip(pending, means)]
             rows, bad = [], None
             for step, epoch, parts, lr in pending:
                 values = {k: float(v) for k, v in parts.items()}
-                if not all(math.isfinite(v) for v in values.values()) and bad is None:
-                    bad = (step, values)
-                rows.append({"step": step, "epoch": epoch + 1, "loss": values.pop("total"), **values, "lr": lr})
+                finite = all(math.isfinite(v) for v in values.values())
+                if not finite and bad is None:
+                    bad = (step, dict(values))
+                rows.append({"step": step, "epoch": epoch + 1, "loss": values.pop("total"), **values, "lr": lr,
+                             **({"skipped": True} if not finite and cfg.skip_nonfinite else {})})
             pending.clear()
             if step_log is not None:
                 step_log.write(rows)
@@ -225,10 +255,13 @@ class Trainer:
                     if key not in ("step", "epoch"):
                         self.writer.add_scalar(f"stage{stage.number}/train/{key}", value, last["step"])
             if bad is not None and not cfg.skip_nonfinite:
+                last_pt = stage.folder / "last.pt"
                 raise NonFiniteLoss(f"non-finite loss at step {bad[0]}: " +
                                     ", ".join(f"{k}={v:.4g}" for k, v in bad[1].items()) +
-                                    f". The last good checkpoint is {stage.folder / 'last.pt'}; lower --lr, "
-                                    f"or pass --skip_nonfinite to skip such batches.")
+                                    (f". The last good checkpoint is {last_pt}"
+                                     + (f" (step {self.saved_step})" if self.saved_step is not None else "")
+                                     if last_pt.is_file() else ". No checkpoint was written before it") +
+                                    "; lower --lr, or pass --skip_nonfinite to skip such batches.")
             return rows[-1]
 
         while self.epoch < stage.epochs:
@@ -238,8 +271,8 @@ class Trainer:
             t0, seen = time.perf_counter(), 0
             for batch in bar:
                 out = self.train_step(batch)
-                finite = torch.isfinite(out.total)
-                if cfg.skip_nonfinite and not bool(finite):  # the flag needs the decision now
+                # the flag needs the decision now; under DDP every rank skips, or none does
+                if cfg.skip_nonfinite and any_rank(not bool(torch.isfinite(out.total)), self.device):
                     self.optimizer.zero_grad(set_to_none=True)
                     self.skipped += 1
                     log.warning(f"step {self.step + 1}: non-finite loss, batch skipped ({self.skipped} so far)")
@@ -255,12 +288,16 @@ class Trainer:
                          "temperature": self.model.log_temperature.detach().exp()}
                 pending.append((self.step, self.epoch, parts, self.optimizer.param_groups[0]["lr"]))
                 at_save = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
-                if self.step % cfg.log_every == 0 or at_save or self.stop_signal is not None:
+                at_log = self.step % cfg.log_every == 0 or at_save
+                stop = self.stop_signal is not None
+                if self.dist.enabled:  # ranks agree at log steps, so that all stop after the same step
+                    stop = bool(at_log) and any_rank(stop, self.device)
+                if at_log or stop:
                     row = flush()
                     bar.set_postfix(loss=f"{row['loss']:.3f}", trip_s=f"{seen / (time.perf_counter() - t0):.1f}")
-                if at_save or self.stop_signal is not None:
+                if at_save or stop:
                     self.save("last.pt")
-                if self.stop_signal is not None:
+                if stop:
                     raise Interrupted(self.stop_signal)
                 if cfg.max_steps and self.step >= cfg.max_steps:
                     break
@@ -273,6 +310,9 @@ class Trainer:
             if cfg.max_steps and self.step >= cfg.max_steps:
                 log.info(f"stage {stage.number}: stopped after --max_steps {cfg.max_steps} steps")
                 break
+        if self.skipped:
+            log.warning(f"stage {stage.number}: {self.skipped} batch(es) skipped for a non-finite loss "
+                        f"(--skip_nonfinite; marked \"skipped\" in {stage.folder / 'train_log.jsonl'})")
 
     def end_of_epoch(self) -> None:
         cfg = self.cfg
@@ -310,7 +350,7 @@ class Trainer:
 def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: str) -> None:
     """Refuse a checkpoint that cannot mean the same thing as this run's model and data."""
     saved = checkpoint["config"]
-    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention"):
+    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth"):
         if saved.get(key) != getattr(cfg, key):
             raise CheckpointError(f"{source}: checkpoint has --{key} {saved.get(key)!r} but this run uses "
                                   f"{getattr(cfg, key)!r}; pass --{key} {saved.get(key)} or another checkpoint")
@@ -325,14 +365,28 @@ def vocab_state(vocab: Vocabulary) -> dict:
 
 
 def find_resume(stage_folder: Path) -> Path | None:
-    """The newest loadable checkpoint of a stage, falling back to the previous one when last.pt is damaged."""
-    for candidate in (stage_folder / "last.pt", previous_path(stage_folder / "last.pt")):
+    """The newest loadable checkpoint of a stage, falling back to the previous one when last.pt is damaged.
+
+    None when the stage has no checkpoint yet; CheckpointError when every checkpoint there is damaged."""
+    last = stage_folder / "last.pt"
+    damaged = []
+    for candidate in (last, previous_path(last)):
         if candidate.exists():
             try:
                 load_checkpoint(candidate)
-                return candidate
             except CheckpointError as e:
-                log.warning(f"{e} — trying the previous checkpoint")
+                log.warning(f"{e}")
+                damaged.append(candidate)
+                continue
+            if candidate != last:
+                log.warning(f"--resume auto: {last.name} is {'damaged' if damaged else 'missing'}; "
+                            f"falling back to the previous checkpoint {candidate}")
+            return candidate
+    if damaged:
+        raise CheckpointError(f"--resume auto: no loadable checkpoint in {stage_folder} "
+                              f"({', '.join(p.name for p in damaged)} damaged); pass --resume PATH to another "
+                              f"checkpoint, or move the folder away to start the stage over")
+    log.info(f"--resume auto: no checkpoint in {stage_folder} yet; stage starts from the beginning")
     return None
 
 
@@ -350,7 +404,7 @@ def train(cfg: Config) -> Path:
         cfg.save(run_dir / "config.json")
         vocab_src = Path(cfg.vocab_dir) / f"{cfg.dataset}_vocab.json"
         if vocab_src.is_file():
-            shutil.copyfile(vocab_src, run_dir / "vocab.json")
+            atomic_write(run_dir / "vocab.json", lambda f: f.write(vocab_src.read_bytes()), binary=True)
 
     stages = []
     if cfg.two_stage:
@@ -375,10 +429,17 @@ def train(cfg: Config) -> Path:
 def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, writer) -> None:
     if stage.epochs == 0:
         return
-    trainer = Trainer(cfg, stage, dist_info, run_dir, writer)
     resume_from = None
-    if cfg.resume:
-        resume_from = find_resume(stage.folder) if cfg.resume == "auto" else Path(cfg.resume)
+    if cfg.resume == "auto":
+        resume_from = find_resume(stage.folder)
+    elif cfg.resume:  # a PATH resumes its own stage: earlier stages are done, later ones start afresh
+        saved_stage = load_checkpoint(cfg.resume).get("stage", stage.number)
+        if saved_stage > stage.number:
+            log.info(f"stage {stage.number}: skipped (--resume {cfg.resume} is a stage-{saved_stage} checkpoint)")
+            return
+        if saved_stage == stage.number:
+            resume_from = Path(cfg.resume)
+    trainer = Trainer(cfg, stage, dist_info, run_dir, writer)
     if resume_from is not None:
         trainer.restore(load_checkpoint(resume_from, trainer.device), str(resume_from))
         if trainer.epoch >= stage.epochs:
@@ -395,8 +456,18 @@ def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, wri
     elif cfg.ckpt:
         trainer.load_weights(load_checkpoint(cfg.ckpt, trainer.device), cfg.ckpt)
 
+    first_signal_at = []
+
     def on_signal(signum, _frame):
+        # Asked twice: stop now (files are written atomically). A repeat within a few seconds is
+        # the same request delivered twice (SLURM signals every process, torchrun forwards it again).
+        if trainer.stop_signal is not None:
+            if time.monotonic() - first_signal_at[0] < REPEAT_SIGNAL_WINDOW_S:
+                return
+            log.warning(f"received {signal.Signals(signum).name} again: stopping without saving")
+            raise SystemExit(130)
         trainer.stop_signal = signum
+        first_signal_at.append(time.monotonic())
         log.warning(f"received {signal.Signals(signum).name}: finishing the current step, then saving")
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -404,7 +475,8 @@ def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, wri
         trainer.run()
     except Interrupted:
         log.warning(f"saved {stage.folder / 'last.pt'} at step {trainer.step}. Resume with the same command "
-                    f"plus --resume auto")
+                    f"plus --resume auto, or `python train.py --output_dir {cfg.output_dir} --exp_name "
+                    f"{cfg.exp_name} --resume auto` (the other settings are read from {run_dir / 'config.json'})")
         raise SystemExit(130)
     finally:
         for s, handler in previous.items():
@@ -420,5 +492,5 @@ def resume_config(explicit: dict) -> dict | None:
         if not saved.is_file():
             raise FileNotFoundError(f"--resume auto: {saved} not found; nothing to resume (check --output_dir "
                                     f"and --exp_name, or drop --resume to start a new run)")
-        return json.loads(saved.read_text())
+        return read_json(saved)
     return load_checkpoint(explicit["resume"])["config"]
