@@ -13,13 +13,7 @@ from models import build_model
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread. Two OpenMP threads on a busy 2-core machine are ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 BOTH_ATTENTIONS = ("manme", "artemis")
 
 

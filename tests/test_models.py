@@ -20,13 +20,7 @@ def config(**kw):
     return resolve({**flags, **kw})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: two OpenMP threads on a busy 2-core machine are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --- image encoder ------------------------------------------------------------------------------

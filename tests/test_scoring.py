@@ -14,13 +14,7 @@ from models.baselines import EmbeddingQuery
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread. Two OpenMP threads on a busy 2-core machine are ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,18 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY, run_cli
 
-TINY = ["--backbone", "resnet18", "--backbone_weights", "none", "--crop_size", "32", "--embed_dim", "64",
-        "--word_dim", "32", "--batch_size", "8", "--num_workers", "0", "--device", "cpu",
-        "--eval_batch_size", "32", "--log_every", "2"]
-
-
-def run(*args, check=True):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+TINY = [*TINY, "--batch_size", "8", "--log_every", "2"]
+run = run_cli
 
 
 def tiny_checkpoint(tiny_root, tmp_path_factory) -> Path:
