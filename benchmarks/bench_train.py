@@ -1,0 +1,123 @@
+"""Training throughput, and the share of a step spent outside the backbone.
+
+Full step: the training step of train.py (one backbone pass over references and targets,
+text encoder, compositor, loss, backward, AdamW) on in-memory random batches, so data
+loading is excluded (bench_data.py measures that). Backbone alone: forward + backward of the
+same 2B images through the ResNet trunk only. The overhead is 1 - backbone/step: what the
+rest of MANME costs on top of the CNN that any CQBIR model pays for.
+
+  .venv/bin/python benchmarks/bench_train.py --backbone resnet18 --crop 64          # CPU figure
+  .venv/bin/python benchmarks/bench_train.py --backbone resnet50 --crop 224 --device cuda --amp bf16
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from config import resolve  # noqa: E402
+from losses import RetrievalLoss  # noqa: E402
+from models import build_model  # noqa: E402
+from utils.trainer import amp_dtype  # noqa: E402
+
+VOCAB, TEXT_LEN = 3775, 16
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, steps: int, warmup: int) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--stage", type=int, default=2, choices=(1, 2), help="1: frozen backbone; 2: fine-tune all")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    args = p.parse_args()
+
+    finetune = args.stage == 2
+    cfg = resolve({"dataset": "fashioniq", "backbone": args.backbone, "backbone_weights": "none",
+                   "crop_size": args.crop, "batch_size": args.batch, "device": args.device, "amp": args.amp,
+                   "img_finetune": finetune, "txt_finetune": finetune, "channels_last": args.channels_last})
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    dtype = amp_dtype(cfg, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = build_model(cfg, VOCAB).to(device)
+    model.set_finetune(finetune, finetune)
+    model.train()
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    loss_fn = RetrievalLoss(cfg).to(device)
+    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
+    forward = torch.compile(model) if args.compile else model
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(args.batch, 3, args.crop, args.crop, generator=g).to(device, memory_format=memory_format)
+    target = torch.randn(args.batch, 3, args.crop, args.crop, generator=g).to(device, memory_format=memory_format)
+    tokens = torch.randint(5, VOCAB, (args.batch, TEXT_LEN), generator=g).to(device)
+    lengths = torch.randint(4, TEXT_LEN + 1, (args.batch,), generator=g)
+
+    def full_step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            query, targets = forward(reference, target, tokens, lengths)
+            out = loss_fn(model, query, targets)
+        optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        optimizer.step()
+
+    trunk = model.image_encoder.backbone
+    images = torch.cat([reference, target])
+
+    def backbone_step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            c2, c3, c4 = trunk(images)
+            total = c4.float().mean() + c3.float().mean() + c2.float().mean()
+        if finetune:
+            for q in trunk.parameters():
+                q.grad = None
+            total.backward()
+
+    if not finetune:
+        backbone_step = torch.no_grad()(backbone_step)
+    step_s = timed(full_step, device, args.steps, args.warmup)
+    trunk_s = timed(backbone_step, device, args.steps, args.warmup)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{name}; torch {torch.__version__}; {args.backbone} {args.crop}px, batch {args.batch}, stage {args.stage}, "
+          f"amp {str(dtype).split('.')[-1] if dtype else 'off'}{', channels_last' if args.channels_last else ''}"
+          f"{', compiled' if args.compile else ''}")
+    print(f"full training step: {step_s * 1e3:8.1f} ms  ({args.batch / step_s:8.1f} triplets/s)")
+    print(f"backbone alone    : {trunk_s * 1e3:8.1f} ms  ({2 * args.batch / trunk_s:8.1f} images/s, fwd{'+bwd' if finetune else ''})")
+    print(f"RESULT train_overhead {100 * max(0.0, 1 - trunk_s / step_s):.1f}%")
+
+
+if __name__ == "__main__":
+    main()
