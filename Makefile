@@ -22,6 +22,8 @@ demo: venv
 	$(PY) vocab.py --dataset fashioniq --data_root $(DEMO)/data --vocab_dir $(DEMO)/vocab
 	$(PY) train.py $(DEMO_FLAGS) --two_stage --num_epochs 4 --step_lr 2 --finetune_epochs 2 --finetune_step_lr 1
 	$(PY) evaluate.py --ckpt $(DEMO)/runs/quickstart/stage2/best.pt --data_root $(DEMO)/data --device cpu
+	$(PY) visualize.py retrievals --ckpt $(DEMO)/runs/quickstart/stage2/best.pt --data_root $(DEMO)/data \
+		--device cpu --n 4 --k 8 --out $(DEMO)/retrievals.png
 
 test: venv
 	$(PY) -m pytest -q tests

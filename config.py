@@ -28,15 +28,15 @@ def opt(default, help: str, groups: str = "train", choices=None, **kw):
     return field(default=default, metadata=meta)
 
 
-# groups: data (vocab, train, evaluate) · model (train) · train · eval (train, evaluate) · run (all)
+# groups: vocab (vocab.py) · data, run (train, evaluate, tools) · model, train (train) · eval (train, evaluate)
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = opt("fashioniq", "Dataset format to read.", "data", choices=DATASETS)
+    dataset: str = opt("fashioniq", "Dataset format to read.", "data,vocab", choices=DATASETS)
     data_root: str = opt(os.environ.get("MANME_DATA_ROOT", "./datasets"),
                          "Folder holding one folder per dataset in the ARTEMIS release layout "
-                         "(default: $MANME_DATA_ROOT or ./datasets).", "data")
-    vocab_dir: str = opt("./vocab", "Where vocab.py writes, and train.py reads, <dataset>_vocab.json.", "data")
+                         "($MANME_DATA_ROOT when set).", "data,vocab")
+    vocab_dir: str = opt("./vocab", "Where vocab.py writes, and train.py reads, <dataset>_vocab.json.", "data,vocab")
     categories: str = opt("dress,shirt,toptee", "FashionIQ categories, comma-separated (ignored for other datasets).", "data,eval")
     crop_size: int = opt(224, "Image crop size in pixels; images are resized to crop_size*256/224 first.", "data,model")
     num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval")
@@ -177,10 +177,8 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
 
 def build_parser(groups: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser exposing the Config fields whose groups intersect `groups`."""
-    wanted = set(groups.split(",")) | {"run"}
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter
-                                     if False else argparse.HelpFormatter)
+    wanted = set(groups.split(","))
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(Config):
         if f.metadata["groups"] & wanted:
             _add_field(parser, f)

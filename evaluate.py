@@ -13,7 +13,7 @@ from utils.evaluation import evaluate_checkpoint
 
 
 def main(argv=None) -> None:
-    parser = build_parser("data,eval", __doc__)
+    parser = build_parser("data,eval,run", __doc__)
     args = parser.parse_args(argv)
     explicit = given_flags(args)
     if not explicit.get("ckpt"):

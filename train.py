@@ -5,6 +5,9 @@ Examples:
   python train.py --dataset fashioniq --exp_name fiq --img_finetune --txt_finetune   # stage 2 from stage1/best.pt
   python train.py --dataset fashioniq --exp_name fiq --two_stage          # both
   python train.py ... --resume auto                                        # continue a run that died
+
+Per-dataset presets (config.PRESETS, the ARTEMIS release recipe) override the defaults shown
+below: e.g. Fashion200k trains resnet18 with batch 128 and 100 stage-2 epochs.
 """
 import sys
 
@@ -13,7 +16,7 @@ from utils.trainer import train, resume_config
 
 
 def main(argv=None) -> None:
-    args = build_parser("data,model,train,eval", __doc__).parse_args(argv)
+    args = build_parser("data,model,train,eval,run", __doc__).parse_args(argv)
     explicit = given_flags(args)
     cfg = resolve(explicit, base=resume_config(explicit))
     train(cfg)

@@ -18,7 +18,7 @@ COMMANDS = ("retrievals", "attention")
 
 
 def parser_for(command: str):
-    parser = build_parser("data,eval", __doc__)
+    parser = build_parser("data,eval,run", __doc__)
     parser.prog = f"visualize.py {command}"
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--n", type=int, default=8 if command == "retrievals" else 4, help="queries (rows)")

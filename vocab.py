@@ -11,7 +11,7 @@ from data.text import build_vocabulary, vocabulary_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config("data", "Build the vocabulary from the training captions of --dataset.", argv)
+    cfg = parse_config("vocab", "Build the vocabulary from the training captions of --dataset.", argv)
     try:
         vocab = build_vocabulary(cfg)
     except (FileNotFoundError, ValueError) as e:  # data-layout problems: the message names the fix

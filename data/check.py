@@ -21,7 +21,7 @@ from utils.io import atomic_write_text
 
 
 def parser():
-    p = build_parser("data", "Report missing and unreadable images of a dataset and the triplets/queries they cost.")
+    p = build_parser("data,run", "Report missing and unreadable images of a dataset and the triplets/queries they cost.")
     p.add_argument("--write_missing", metavar="FILE", default=None,
                    help="Also write the missing and unreadable image files to FILE (status<TAB>path[<TAB>reason]).")
     return p
