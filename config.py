@@ -37,7 +37,7 @@ class Config:
                          "Folder holding one folder per dataset in the ARTEMIS release layout "
                          "($MANME_DATA_ROOT when set).", "data,vocab")
     vocab_dir: str = opt("./vocab", "Where vocab.py writes, and train.py reads, <dataset>_vocab.json.", "data,vocab")
-    categories: str = opt("dress,shirt,toptee", "FashionIQ categories, comma-separated (ignored for other datasets).", "data,eval")
+    categories: str = opt("dress,shirt,toptee", "FashionIQ categories, comma-separated (ignored for other datasets).", "data,eval,vocab")
     crop_size: int = opt(224, "Image crop size in pixels; images are resized to crop_size*256/224 first.", "data,model")
     num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval")
     # --- model ---

@@ -120,6 +120,8 @@ class Trainer:
         self.cfg, self.stage, self.dist, self.run_dir, self.writer = cfg, stage, dist_info, run_dir, writer
         self.device = pick_device(cfg, dist_info)
         self.amp_dtype = amp_dtype(cfg, self.device)
+        if self.device.type == "cuda":  # fixed input sizes: let cuDNN pick the fastest kernels once
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg.seed)
 
         self.fmt = open_dataset(cfg)
@@ -222,7 +224,7 @@ class Trainer:
             out = self.loss_fn(self.model, query, target)
         return out
 
-    def run(self, start_epoch_step: int = 0) -> None:
+    def run(self) -> None:
         cfg, stage = self.cfg, self.stage
         steps_per_epoch = self.sampler.steps_per_epoch()
         step_log = StepLog(stage.folder / "train_log.jsonl", resume_step=self.step) if self.dist.is_main else None
