@@ -14,7 +14,6 @@ length), and a caption with no usable word encodes to <start> <end>, which the t
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import runpy

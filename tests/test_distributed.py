@@ -160,7 +160,7 @@ def expected_rows(run_dir: Path, checkpoint: Path, batch_size: int, n_batches: i
 def test_resume_across_world_sizes(runs):
     """D: A's DDP checkpoint resumed by one process; E: B's single-process checkpoint resumed under torchrun
     with per-rank negatives, whose logged loss must be the mean over ranks."""
-    tmp, common = runs["tmp"], runs["common"]
+    tmp = runs["tmp"]
     for source, name in (("a", "d"), ("b", "e")):
         shutil.copytree(runs[source], tmp / "runs" / name)
     resume = ["--output_dir", tmp / "runs", "--resume", "auto", "--max_steps", "2", "--no-validate"]

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import TINY, run_cli
 
 TINY = [*TINY, "--batch_size", "8", "--log_every", "2"]
 run = run_cli

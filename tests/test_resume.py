@@ -8,7 +8,6 @@ equal A's within 1e-6.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -137,7 +136,7 @@ def test_killed_and_resumed_run_logs_the_same_losses(runs):
 def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(runs):
     _, info = runs
     text = info["second_out"]
-    assert f"resumed from" in text and f"step {info['killed_at']}" in text
+    assert "resumed from" in text and f"step {info['killed_at']}" in text
     assert "received SIGTERM: finishing the current step, then saving" in text
     assert "--resume auto" in text and "Resume with" in text
     assert "Traceback" not in text and "worker" not in text.lower()

@@ -2,9 +2,7 @@
 on a tiny FashionIQ checkpoint trained for two steps."""
 from __future__ import annotations
 
-import subprocess
 from dataclasses import replace
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import TINY, run_cli
 
 TINY = [*TINY, "--batch_size", "8", "--log_every", "2"]
 run = run_cli

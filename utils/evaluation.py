@@ -15,10 +15,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.images import eval_transform
-from data.loaders import ImageFolderList, drop_missing_eval, ignore_stop_signals
+from data.loaders import ImageFolderList, drop_missing_eval, ignore_stop_signals, pad_tokens
 from models.base import map_tensors
 from utils.distributed import DistInfo, gather_no_grad
-from utils.logs import log
 from utils.ranking import rank_queries, recall_at
 
 TOPK = 50
@@ -97,11 +96,7 @@ def embed_images(model, fmt, image_ids: list[str], crop_size: int, device, batch
 def embed_texts(model, vocab, texts: list[str], device, batch_size: int = 512) -> torch.Tensor:
     out = []
     for start in range(0, len(texts), batch_size):
-        encoded = [vocab.encode(t) for t in texts[start:start + batch_size]]
-        lengths = torch.tensor([len(e) for e in encoded])
-        tokens = torch.zeros(len(encoded), int(lengths.max()), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            tokens[i, :len(e)] = torch.tensor(e)
+        tokens, lengths = pad_tokens([vocab.encode(t) for t in texts[start:start + batch_size]])
         out.append(model.encode_texts(tokens.to(device), lengths).float())
     return torch.cat(out)
 

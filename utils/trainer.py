@@ -28,7 +28,7 @@ from utils.checkpoint import (CheckpointError, load_checkpoint, previous_path, r
 from utils.distributed import (DistInfo, all_reduce_mean, any_rank, barrier, cleanup, gather_with_grad,
                                init_distributed)
 from utils.evaluation import evaluate
-from utils.io import atomic_write, atomic_write_json, read_json
+from utils.io import atomic_write, read_json
 from utils.logs import StepLog, log, setup_logging
 from utils.sampler import ResumableSampler
 
