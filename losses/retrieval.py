@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.attention import EPS, full_precision
+from models.attention import EPS
+from models.products import full_precision
 from models.base import l2
 
 

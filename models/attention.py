@@ -20,14 +20,10 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .base import ComposedQuery, Retriever, l2
+from .products import full_precision, pairwise_dot
 
 log = logging.getLogger("manme")
 EPS = 1e-12
-
-
-def full_precision(x: Tensor) -> Tensor:
-    """float32 (or float64 as given): scores are compared across a whole gallery, bf16 would tie them."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 class AttendedCosine(torch.autograd.Function):
@@ -38,8 +34,8 @@ class AttendedCosine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, attention: Tensor, target: Tensor) -> Tensor:
-        inv_norm = ((attention * attention) @ (target * target).T).clamp_(min=EPS).rsqrt_()
-        scores = ((u * attention) @ target.T).mul_(inv_norm)
+        inv_norm = pairwise_dot(attention * attention, target * target).clamp_(min=EPS).rsqrt_()
+        scores = pairwise_dot(u * attention, target).mul_(inv_norm)
         ctx.save_for_backward(u, attention, target, scores, inv_norm)
         return scores
 

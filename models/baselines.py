@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import full_precision
 from .base import ComposedQuery, Retriever, l2
+from .products import full_precision, pairwise_dot
 
 
 @dataclass
@@ -26,7 +26,7 @@ class EmbeddingRetriever(Retriever):
 
     def score_per_grain(self, query: EmbeddingQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         with torch.autocast(next(iter(query.composed.values())).device.type, enabled=False):
-            return {g: query.composed[g] @ full_precision(targets[g]).T for g in self.grains}
+            return {g: pairwise_dot(query.composed[g], full_precision(targets[g])) for g in self.grains}
 
 
 class GatedResidual(nn.Module):

@@ -184,3 +184,49 @@ def test_attended_cosine_backward_and_inference_mode():
     with torch.inference_mode():
         scores = attended_cosine(u.float(), a.float(), t.float())
     assert (scores - pairwise_attended_cosine(u, a, t)).abs().max() <= 1e-5
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Counts the products that take the oneDNN path (skips where this torch lacks it)."""
+    from models import products
+    if products._ONEDNN_MATMUL is None:
+        pytest.skip("this torch build has no oneDNN matmul")
+    calls, onednn = [], products._ONEDNN_MATMUL
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return onednn(*args)
+    monkeypatch.setattr(products, "_ONEDNN_MATMUL", counted)
+    return calls
+
+
+def test_pairwise_dot_paths_agree(onednn_calls):
+    from models.products import ONEDNN_MIN_OUTPUTS, pairwise_dot
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(1030, 24, generator=gen), torch.randn(ONEDNN_MIN_OUTPUTS // 1000, 24, generator=gen)
+    exact = (a.double() @ b.double().T).float()
+    with torch.inference_mode():
+        assert torch.allclose(pairwise_dot(a, b), exact, atol=1e-5) and len(onednn_calls) == 1
+        assert torch.allclose(pairwise_dot(a[:10], b), exact[:10], atol=1e-5) and len(onednn_calls) == 1
+        pairwise_dot(a.double(), b.double())                       # float64: torch's product
+    assert len(onednn_calls) == 1
+    leaf = a.clone().requires_grad_(True)                          # autograd: torch's product
+    pairwise_dot(leaf, b).sum().backward()
+    assert len(onednn_calls) == 1 and torch.allclose(leaf.grad, b.sum(0).expand_as(a))
+
+
+@pytest.mark.parametrize("name", ["manme", "tirg"])
+def test_evaluation_sized_scores_match_small_chunks(name, onednn_calls):
+    """A 1024 x 1100 block (oneDNN) scores the same as 64-query slices of it (torch's product)."""
+    model, _ = small_model(name)
+    reference, text, targets = random_inputs(model, q=1024, g=1100)
+    with torch.inference_mode():
+        query = model.compose(reference, text)
+        whole = model.score(query, targets)
+        assert onednn_calls, "the evaluation-sized product did not take the oneDNN path"
+        n_calls = len(onednn_calls)
+        sliced = torch.cat([model.score(map_tensors(query, lambda t: t[i:i + 64]), targets)
+                            for i in range(0, 1024, 64)])
+    assert len(onednn_calls) == n_calls
+    assert torch.allclose(whole, sliced, atol=1e-5)

@@ -76,13 +76,14 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
 
     probe = score_fn(slice(0, 1), slice(0, 1))
     device, dtype = probe.device, probe.dtype
-    g_chunks = _chunks(n_gallery, gallery_chunk)
+    g_chunks = _chunks(n_gallery, min(gallery_chunk, 2**24))  # 2^24: float32 counts stay exact
     mode = target_scoring
     if mode == "auto":
         mode = "pass" if len(g_chunks) == 1 or device.type != "cpu" else "direct"
     long = dict(dtype=torch.long, device=device)
 
     ranks, top_index, top_score = [], [], []
+    above = None  # (query chunk, gallery chunk) float32 buffer for the "scores above best" count
     for qs in tqdm(_chunks(n_queries, query_chunk), desc="ranking", disable=not progress):
         nq = qs.stop - qs.start
         # (row, column) pairs this chunk never counts: correct targets first, then references
@@ -96,11 +97,14 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
         is_target = torch.arange(len(rows), device=device) < n_targets
 
         best = torch.full((nq,), float("-inf"), dtype=dtype, device=device)
-        cached = None  # (gallery slice, its block) from the target pass, reused below
+        # Each block is released before the next is scored, so that the allocator hands its
+        # memory to the next one: a fresh allocation costs a page fault per 4 KiB (+25 % time).
+        block = cached = None  # cached: (gallery slice, its block) from the target pass
         if mode == "pass":
             for gs in g_chunks:
                 sel = is_target & (cols >= gs.start) & (cols < gs.stop)
                 if sel.any():
+                    block = cached = None
                     block = score_fn(qs, gs)
                     r = rows[sel]
                     best.scatter_reduce_(0, r, block[r, cols[sel] - gs.start], "amax")
@@ -117,8 +121,17 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
         order = g_chunks if cached is None else [cached[0]] + [g for g in g_chunks
                                                                if g != cached[0]]
         for gs in order:
-            block = cached[1] if cached is not None and gs == cached[0] else score_fn(qs, gs)
-            count += (block > best[:, None]).sum(1, dtype=torch.int32)
+            if cached is not None and gs == cached[0]:
+                block, cached = cached[1], None
+            else:
+                block = None
+                block = score_fn(qs, gs)
+            # Comparing into a reused float buffer and summing it is 2-8x faster on the CPU than
+            # summing a bool mask, which torch first copies to an integer tensor. Counts stay
+            # exact in float32 (chunks have at most 2^24 columns).
+            if above is None or above.shape != block.shape:
+                above = torch.empty(block.shape, dtype=torch.float32, device=device)
+            count += torch.gt(block, best[:, None], out=above).sum(1).long()
             sel = (cols >= gs.start) & (cols < gs.stop)
             r = rows[sel]
             count.scatter_add_(0, r, -(block[r, cols[sel] - gs.start] > best[r]).long())
@@ -129,6 +142,7 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
                 merged = torch.cat([run_score, score], 1)
                 run_score, j = merged.topk(min(k, merged.shape[1]), dim=1)
                 run_index = torch.cat([run_index, index], 1).gather(1, j)
+        block = None
         has_target = torch.tensor([len(correct[i]) > 0 for i in range(qs.start, qs.stop)],
                                   device=device)
         ranks.append(torch.where(has_target, count, n_gallery).cpu())
