@@ -97,8 +97,8 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
         is_target = torch.arange(len(rows), device=device) < n_targets
 
         best = torch.full((nq,), float("-inf"), dtype=dtype, device=device)
-        # Each block is released before the next is scored, so that the allocator hands its
-        # memory to the next one: a fresh allocation costs a page fault per 4 KiB (+25 % time).
+        # Each block is released before the next is scored, so that the allocator can hand its
+        # memory to the next one: a fresh allocation costs a page fault per 4 KiB page.
         block = cached = None  # cached: (gallery slice, its block) from the target pass
         if mode == "pass":
             for gs in g_chunks:
