@@ -178,5 +178,7 @@ def test_profile(loaded):
     assert 0 < profile["gflops_text_compose"] < profile["gflops_image"]
     # resnet18 at 32 px: about 1.8 GFLOPs * (32/224)^2 for the backbone, plus the top-down convs
     assert 0.02 < profile["gflops_image"] < 0.2
+    # at least one d-sized dot product per gallery image (a product the counter misses would read 0)
+    assert profile["gflops_score_per_1k"] * 1e9 >= 2 * cfg.embed_dim * 1000
     text = format_profile(profile)
     assert "trainable" in text and "GFLOPs per query" in text
