@@ -139,6 +139,8 @@ def main():
                         "(default 5 at the FashionIQ sizes, 1 with --gallery); the baseline runs once")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     args.repeats = args.repeats or (1 if args.gallery else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
