@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("fashioniq", "shoes", "fashion200k")
-MODELS = ("manme", "artemis", "tirg", "late-fusion", "em-only", "is-only", "cross-modal", "visual-search")
-GRAINS = ("coarse", "mid", "fine")
+from data.formats import FORMATS
+from models import GRAINS, VARIANTS
+from utils.io import atomic_write_text
 
 
 def opt(default, help: str, groups: str = "train", choices=None, **kw):
@@ -29,19 +29,20 @@ def opt(default, help: str, groups: str = "train", choices=None, **kw):
 
 
 # groups: vocab (vocab.py) · data, run (train, evaluate, tools) · model, train (train) · eval (train, evaluate)
+# · search (retrieve.py)
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = opt("fashioniq", "Dataset format to read.", "data,vocab", choices=DATASETS)
+    dataset: str = opt("fashioniq", "Dataset format to read.", "data,vocab", choices=tuple(FORMATS))
     data_root: str = opt(os.environ.get("MANME_DATA_ROOT", "./datasets"),
                          "Folder holding one folder per dataset in the ARTEMIS release layout "
                          "($MANME_DATA_ROOT when set).", "data,vocab")
     vocab_dir: str = opt("./vocab", "Where vocab.py writes, and train.py reads, <dataset>_vocab.json.", "data,vocab")
     categories: str = opt("dress,shirt,toptee", "FashionIQ categories, comma-separated (ignored for other datasets).", "data,eval,vocab")
     crop_size: int = opt(224, "Image crop size in pixels; images are resized to crop_size*256/224 first.", "data,model")
-    num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval")
+    num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search")
     # --- model ---
-    model: str = opt("manme", "Model variant (MANME.md §4).", "model", choices=MODELS)
+    model: str = opt("manme", "Model variant (MANME.md §4).", "model", choices=tuple(VARIANTS))
     backbone: str = opt("resnet50", "Image backbone.", "model", choices=("resnet50", "resnet18"))
     backbone_weights: str = opt("default",
                                 "ImageNet state dict for the backbone: a PATH, 'default' (torchvision's cache: "
@@ -86,15 +87,15 @@ class Config:
     validate: bool = opt(True, "Validate after every epoch.", "train")
     val_figure: bool = opt(True, "Add a retrieval figure to TensorBoard at each validation.", "train")
     # --- performance / device ---
-    device: str = opt("auto", "cpu, cuda or auto (cuda when available).", "run", choices=("auto", "cpu", "cuda"))
+    device: str = opt("auto", "cpu, cuda or auto (cuda when available).", "run,search", choices=("auto", "cpu", "cuda"))
     amp: str = opt("auto", "Mixed precision: bf16, fp16, off, or auto (bf16 on CUDA when supported, off on CPU).",
-                   "run", choices=("auto", "bf16", "fp16", "off"))
+                   "run,search", choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = opt(False, "Use channels-last memory format for the backbone.", "run")
     compile: bool = opt(False, "torch.compile the model.", "train")
     gather_negatives: bool = opt(True, "Under torchrun, use the whole global batch as in-batch negatives.", "train")
     # --- evaluation ---
     split: str = opt("val", "Split to evaluate.", "eval", choices=("val", "test"))
-    eval_batch_size: int = opt(64, "Images per batch when embedding the gallery.", "eval,train")
+    eval_batch_size: int = opt(64, "Images per batch when embedding the gallery.", "eval,train,search")
     eval_chunk: int = opt(1024, "Queries scored per chunk.", "eval,train")
     gallery_chunk: int = opt(8192, "Gallery images scored per chunk.", "eval,train")
     profile: bool = opt(False, "evaluate.py: also report trainable/total parameters and GFLOPs per query.", "eval")
@@ -134,7 +135,6 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from utils.io import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -154,10 +154,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fashioniq": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4, finetune_epochs=50, finetune_step_lr=10),
     "shoes": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4, finetune_epochs=50, finetune_step_lr=10),
     "fashion200k": dict(backbone="resnet18", batch_size=128, num_epochs=8, step_lr=4, finetune_epochs=100, finetune_step_lr=20),
-}
-# Variants that fix some options (MANME.md §4).
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "artemis": dict(grains="coarse", lambda_me=0.0),
 }
 
 
@@ -197,7 +193,8 @@ def resolve(explicit: dict[str, Any], base: dict[str, Any] | None = None) -> Con
     dataset = merged.get("dataset", Config.dataset)
     if base is None:
         values.update(PRESETS.get(dataset, {}))
-        values.update(MODEL_PRESETS.get(merged.get("model", Config.model), {}))
+        variant = VARIANTS.get(merged.get("model", Config.model))
+        values.update(variant.preset if variant else {})
     values.update(merged)
     cfg = Config.from_dict(values)
     cfg.validate_values()

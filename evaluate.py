@@ -9,7 +9,9 @@ checkpoint, in eval_<split>/).
 import sys
 
 from config import build_parser, given_flags
-from utils.evaluation import evaluate_checkpoint
+from engine.evaluation import evaluate_trained
+from engine.inference import load_trained
+from tools.profile import format_profile, profile_model
 
 
 def main(argv=None) -> None:
@@ -18,7 +20,12 @@ def main(argv=None) -> None:
     explicit = given_flags(args)
     if not explicit.get("ckpt"):
         parser.error("--ckpt PATH is required")
-    result, out_dir = evaluate_checkpoint(explicit["ckpt"], explicit)
+    trained = load_trained(explicit["ckpt"], explicit)
+    extra = {}
+    if trained.cfg.profile:
+        extra["profile"] = profile_model(trained.model, trained.cfg, trained.device)
+        print(format_profile(extra["profile"]))
+    result, out_dir = evaluate_trained(trained, explicit["ckpt"], explicit.get("output_dir"), extra)
     print(f"{result.dataset} {result.split} — {explicit['ckpt']}")
     print(result.table())
     if result.overlap:

@@ -13,57 +13,42 @@
       The checkpoint is the one recorded in the index (--ckpt to point at a moved copy of it);
       any other checkpoint is refused.
 """
-import argparse
 import sys
 from pathlib import Path
 
-DEVICES = ("auto", "cpu", "cuda")
+from config import build_parser, given_flags
+from engine.inference import load_trained
+from tools.figures import RetrievalRow, draw_retrievals, save_png
+from tools.search_index import build_index, check_checkpoint, load_index, save_index, search
 
 
-def common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=DEVICES, default=None, help="cpu, cuda or auto (default: auto)")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=None,
-                        help="mixed precision for the image encoder (default: auto, as evaluation)")
-
-
-def index_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retrieve.py index", description="Embed a folder of images.")
+def index_parser():
+    parser = build_parser("search", "Embed a folder of images.")
+    parser.prog = "retrieve.py index"
     parser.add_argument("--ckpt", required=True, help="trained checkpoint (best.pt)")
     parser.add_argument("--images", required=True, help="folder to index (recursively)")
     parser.add_argument("--out", required=True, help="index file to write")
-    parser.add_argument("--eval_batch_size", type=int, default=None, help="images per batch (default: 64)")
-    parser.add_argument("--num_workers", type=int, default=None, help="image loading processes (default: 4)")
-    common(parser)
     return parser
 
 
-def query_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retrieve.py query", description="Query an index.")
+def query_parser():
+    parser = build_parser("search", "Query an index.")
+    parser.prog = "retrieve.py query"
     parser.add_argument("--index", required=True, help="index file written by `retrieve.py index`")
     parser.add_argument("--image", required=True, help="reference image")
     parser.add_argument("--text", required=True, help='modification text; FashionIQ form "first <and> second" accepted')
     parser.add_argument("--k", type=int, default=10, help="results to print")
     parser.add_argument("--png", default="", help="also draw the results, as in the retrieval figure")
     parser.add_argument("--ckpt", default="", help="the index's checkpoint, if it moved (default: recorded path)")
-    common(parser)
     return parser
 
 
-def overrides(args) -> dict:
-    return {k: v for k, v in vars(args).items()
-            if k in ("device", "amp", "eval_batch_size", "num_workers") and v is not None}
-
-
 def run_index(args) -> None:
-    from utils.evaluation import load_trained
-    from utils.search_index import build_index, save_index
-    from utils.trainer import amp_dtype
-
-    model, cfg, _ = load_trained(args.ckpt, overrides(args))
-    device = next(model.parameters()).device
+    trained = load_trained(args.ckpt, given_flags(args))
+    cfg, device = trained.cfg, trained.device
     print(f"indexing {args.images} with {args.ckpt} ({cfg.model}, {cfg.crop_size} px) on {device}")
-    index = build_index(model, args.images, args.ckpt, cfg.crop_size, device, cfg.eval_batch_size,
-                        cfg.num_workers, amp_dtype(cfg, device), cfg)
+    index = build_index(trained.model, args.images, args.ckpt, cfg.crop_size, device, cfg.eval_batch_size,
+                        cfg.num_workers, trained.amp_dtype, cfg)
     if index.skipped:
         print(f"{len(index.skipped)} unreadable file(s) skipped:", file=sys.stderr)
         for line in index.skipped:
@@ -75,11 +60,6 @@ def run_index(args) -> None:
 
 
 def run_query(args) -> None:
-    from utils.evaluation import load_trained
-    from utils.figures import RetrievalRow, draw_retrievals, save_png
-    from utils.search_index import check_checkpoint, load_index, search
-    from utils.trainer import amp_dtype
-
     if args.k < 1:
         raise ValueError("--k must be at least 1")
     if not Path(args.image).is_file():
@@ -90,9 +70,9 @@ def run_query(args) -> None:
         raise FileNotFoundError(f"{ckpt}: the checkpoint that built {args.index} is not there; "
                                 f"pass its new location with --ckpt")
     check_checkpoint(index, ckpt, args.index)
-    model, cfg, vocab = load_trained(ckpt, overrides(args))
-    device = next(model.parameters()).device
-    result = search(model, vocab, index, args.image, args.text, args.k, device, amp_dtype(cfg, device))
+    trained = load_trained(ckpt, given_flags(args))
+    result = search(trained.model, trained.vocab, index, args.image, args.text, args.k, trained.device,
+                    trained.amp_dtype)
     if result.unknown_words:
         print(f"warning: not in the vocabulary, read as <unk>: {', '.join(dict.fromkeys(result.unknown_words))}",
               file=sys.stderr)
@@ -102,7 +82,7 @@ def run_query(args) -> None:
         print(f"{score:8.4f}  {path}")
     if args.png:
         save_png(draw_retrievals([RetrievalRow(Path(args.image), args.text, result.paths, result.scores)],
-                                 title=f"{cfg.model} · {Path(index.root).name}"), args.png)
+                                 title=f"{trained.cfg.model} · {Path(index.root).name}"), args.png)
         print(f"wrote {args.png}", file=sys.stderr)
 
 

@@ -12,14 +12,15 @@ below: e.g. Fashion200k trains resnet18 with batch 128 and 100 stage-2 epochs.
 import sys
 
 from config import build_parser, given_flags, resolve
-from utils.trainer import train, resume_config
+from engine.run import resume_config, train
+from tools.figures import validation_figure
 
 
 def main(argv=None) -> None:
     args = build_parser("data,model,train,eval,run", __doc__).parse_args(argv)
     explicit = given_flags(args)
     cfg = resolve(explicit, base=resume_config(explicit))
-    train(cfg)
+    train(cfg, validation_hook=validation_figure if cfg.val_figure else None)
 
 
 if __name__ == "__main__":

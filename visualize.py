@@ -13,6 +13,9 @@ spread evenly over it, so two checkpoints of the same data show the same queries
 import sys
 
 from config import build_parser, given_flags
+from data.formats import open_dataset
+from engine.inference import load_trained
+from tools.figures import attention_figure, retrieval_figure, save_png
 
 COMMANDS = ("retrievals", "attention")
 
@@ -47,17 +50,12 @@ def main(argv=None) -> None:
     if args.n < 1 or getattr(args, "k", 1) < 1:
         parser.error("--n and --k must be at least 1")
 
-    from data.base import open_dataset
-    from utils.evaluation import load_trained
-    from utils.figures import attention_figure, retrieval_figure, save_png
-    from utils.trainer import amp_dtype
-
-    model, cfg, vocab = load_trained(explicit["ckpt"], explicit)
-    device = next(model.parameters()).device
+    trained = load_trained(explicit["ckpt"], explicit)
+    model, cfg, vocab, device = trained.model, trained.cfg, trained.vocab, trained.device
     fmt = open_dataset(cfg)
     if command == "retrievals":
         image = retrieval_figure(model, fmt, vocab, cfg, device, cfg.split, args.n, args.k, args.width, args.title,
-                                 amp_dtype=amp_dtype(cfg, device), progress=True)
+                                 amp_dtype=trained.amp_dtype, progress=True)
     else:
         image, rows = attention_figure(model, fmt, vocab, cfg, device, cfg.split, args.n, args.width, args.title)
         for g in model.grains:

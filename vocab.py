@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 
 from config import parse_config
-from data.text import build_vocabulary, vocabulary_path
+from data.formats import build_vocabulary
+from data.text import vocabulary_path
 
 
 def main(argv: list[str] | None = None) -> int:

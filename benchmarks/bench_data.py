@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import resolve  # noqa: E402
-from data.base import open_dataset  # noqa: E402
+from data.formats import open_dataset  # noqa: E402
 from data.loaders import collate_triplets  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 from data.text import Vocabulary  # noqa: E402
-from utils.sampler import ResumableSampler  # noqa: E402
-from utils.trainer import EpochTriplets  # noqa: E402
+from engine.sampler import ResumableSampler  # noqa: E402
+from engine.trainer import EpochTriplets  # noqa: E402
 
 
 def throughput(dataset, batch: int, workers: int, batches: int, pin: bool) -> float:

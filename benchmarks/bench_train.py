@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import resolve  # noqa: E402
 from losses import RetrievalLoss  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.trainer import amp_dtype  # noqa: E402
+from utils.precision import amp_dtype, pick_device  # noqa: E402
 
 VOCAB, TEXT_LEN = 3775, 16
 
@@ -65,8 +65,8 @@ def main() -> None:
     cfg = resolve({"dataset": "fashioniq", "backbone": args.backbone, "backbone_weights": "none",
                    "crop_size": args.crop, "batch_size": args.batch, "device": args.device, "amp": args.amp,
                    "img_finetune": finetune, "txt_finetune": finetune, "channels_last": args.channels_last})
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    dtype = amp_dtype(cfg, device)
+    device = pick_device(args.device)
+    dtype = amp_dtype(cfg.amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -78,7 +78,9 @@ class DatasetFormat(ABC):
 
     name: str  # "fashioniq", "shoes", "fashion200k"
     folder_name: str  # its folder under the data root (matched ignoring case)
-    eval_split_names: tuple[str, ...] = ("val",)  # splits eval_splits() accepts
+    eval_split_names: tuple[str, ...] = ("val",)  # splits eval_splits() accepts (the ones with targets)
+    recall_ks: tuple[int, ...] = (1, 10, 50)  # the published recall cut-offs
+    summary_metric: str | None = None  # name of the mean of every reported recall, when published (FashionIQ: mR)
     vocab_specials: tuple[str, ...] = ()  # special words added to the vocabulary besides <pad>...<unk>
 
     def __init__(self, cfg):
@@ -116,14 +118,3 @@ class DatasetFormat(ABC):
         if split not in self.eval_split_names:
             raise ValueError(f"{self.name} has no evaluation split {split!r}; use --split "
                              f"{' or '.join(self.eval_split_names)}")
-
-
-def open_dataset(cfg) -> DatasetFormat:
-    """The dataset format named by cfg.dataset, reading cfg.data_root."""
-    from data.fashion200k import Fashion200k
-    from data.fashioniq import FashionIQ
-    from data.shoes import Shoes
-    formats = {f.name: f for f in (FashionIQ, Shoes, Fashion200k)}
-    if cfg.dataset not in formats:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; use --dataset {'|'.join(formats)}")
-    return formats[cfg.dataset](cfg)

@@ -16,7 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from config import build_parser, given_flags, resolve
-from data.base import DatasetFormat, open_dataset
+from data.base import DatasetFormat
+from data.formats import open_dataset
 from utils.io import atomic_write_text
 
 

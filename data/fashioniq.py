@@ -25,6 +25,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class FashionIQ(DatasetFormat):
     name = "fashioniq"
     folder_name = "fashionIQ"
+    recall_ks = (10, 50)
+    summary_metric = "mR"
 
     def __init__(self, cfg):
         super().__init__(cfg)

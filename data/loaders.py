@@ -1,7 +1,9 @@
 """torch Datasets over a DatasetFormat, the triplet batch, and the missing-image filters."""
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -58,26 +60,35 @@ class TripletImages(Dataset):
                     tokens=torch.tensor(self.tokens[i], dtype=torch.long), index=i)
 
 
-class ImageFolderList(Dataset):
-    """Items: dict(image=image, index=int) for a list of image ids (a gallery, the query references)."""
+class ImageList(Dataset):
+    """Items: dict(image=tensor, index=i), or dict(error=message, index=i) when the file cannot be read,
+    so that whoever embeds a list decides what an unreadable file means (evaluation refuses, search skips)."""
 
-    def __init__(self, fmt: DatasetFormat, image_ids: list[str], transform):
-        self.image_ids = image_ids
-        self.paths = [str(fmt.image_path(i)) for i in image_ids]
+    def __init__(self, paths: list[str | Path], transform):
+        self.paths = [str(p) for p in paths]
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        return dict(image=self.transform(load_image(self.paths[i])), index=i)
+        try:
+            return dict(image=self.transform(load_image(self.paths[i])), index=i)
+        except (OSError, ValueError) as e:
+            return dict(error=str(e), index=i)
+
+
+def collate_images(items: list[dict]) -> dict:
+    """A batch of ImageList items: the readable images stacked, their indices, and (index, message) errors."""
+    good = [x for x in items if "image" in x]
+    return dict(image=torch.stack([x["image"] for x in good]) if good else None,
+                index=[x["index"] for x in good], errors=[(x["index"], x["error"]) for x in items if "error" in x])
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
     """DataLoader worker_init_fn: a worker ignores SIGINT/SIGTERM sent to the whole process group (Ctrl-C,
     a cluster scheduler), so the main process can finish its step and save; workers still exit when the
     main process shuts them down or dies."""
-    import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

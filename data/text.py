@@ -108,13 +108,6 @@ def vocabulary_path(cfg) -> Path:
     return Path(cfg.vocab_dir) / f"{cfg.dataset}_vocab.json"
 
 
-def build_vocabulary(cfg) -> Vocabulary:
-    """The vocabulary of `cfg.dataset`'s training captions (what vocab.py writes)."""
-    from data.base import open_dataset
-    fmt = open_dataset(cfg)
-    return Vocabulary.build(fmt.train_captions(), extra_specials=fmt.vocab_specials)
-
-
 def load_vocabulary(cfg) -> Vocabulary:
     path = vocabulary_path(cfg)
     if not path.is_file():

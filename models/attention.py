@@ -158,7 +158,8 @@ class MANME(AttentionRetriever):
 
 
 class ARTEMIS(AttentionRetriever):
-    """MANME's blocks at the coarse granularity only (its preset also sets --lambda_me 0)."""
+    """MANME's blocks at the coarse granularity only, without the mutual-exclusion loss."""
+    preset = {"grains": "coarse", "lambda_me": 0.0}
 
     def __init__(self, cfg, vocab_size: int, grains: list[str] | None = None, **kw):
         if cfg.grain_list != ["coarse"]:

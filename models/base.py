@@ -69,6 +69,7 @@ class Retriever(nn.Module):
     """Image and text encoders, the learnable temperature, freezing; variants add composition and scoring."""
 
     uses_text = True          # visual-search ignores the text: its encoder is then never trained
+    preset: dict = {}         # config values the variant fixes (applied below the user's flags)
 
     def __init__(self, cfg, vocab_size: int, grains: list[str] | None = None,
                  vocab_words: list[str] | None = None, glove_cache: str | None = None):

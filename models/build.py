@@ -1,4 +1,6 @@
-"""`--model` name -> variant class, and the one constructor every entry point uses."""
+"""The variant registry (`--model` name -> class) and the one constructor every entry point uses.
+
+The CLI's --model choices and the per-variant config presets come from here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,16 +24,13 @@ VARIANTS: dict[str, type[Retriever]] = {
 
 def build_model(cfg, vocab_size: int, vocab_path: str | Path | None = None,
                 vocab_words: list[str] | None = None) -> Retriever:
-    """The variant named by cfg.model. With cfg.glove_path, the vocabulary's words come from
-    `vocab_words` or the vocabulary file (`vocab_path`, default <vocab_dir>/<dataset>_vocab.json),
-    and the GloVe slice is cached beside that file."""
+    """The variant named by cfg.model. With cfg.glove_path, `vocab_words` (the vocabulary's tokens)
+    pick the GloVe rows, and the slice is cached beside the vocabulary file `vocab_path`."""
     if cfg.model not in VARIANTS:
         raise ValueError(f"--model {cfg.model!r}: unknown; choose one of {', '.join(VARIANTS)}")
     glove_cache = None
     if cfg.glove_path:
-        vocab_path = Path(vocab_path or Path(cfg.vocab_dir) / f"{cfg.dataset}_vocab.json")
-        if vocab_words is None:
-            from data.text import Vocabulary
-            vocab_words = Vocabulary.load(vocab_path).tokens
+        if vocab_words is None or vocab_path is None:
+            raise ValueError("--glove_path needs the vocabulary: pass vocab_words and vocab_path to build_model")
         glove_cache = glove_cache_path(vocab_path, cfg.glove_path)
     return VARIANTS[cfg.model](cfg, vocab_size, vocab_words=vocab_words, glove_cache=glove_cache)

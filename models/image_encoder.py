@@ -18,6 +18,7 @@ log = logging.getLogger("manme")
 WEIGHT_FILES = {"resnet50": "resnet50-0676ba61.pth", "resnet18": "resnet18-f37072fd.pth"}
 CHANNELS = {"resnet50": (512, 1024, 2048), "resnet18": (128, 256, 512)}  # C2, C3, C4
 DEPTH = {"coarse": 0, "mid": 1, "fine": 2}  # how many top-down steps a grain needs
+GRAINS = tuple(DEPTH)  # coarse (P4), mid (P3), fine (P2)
 
 
 def resolve_backbone_weights(backbone: str, weights: str) -> Path | None:

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from config import Config
-from data.base import open_dataset
+from data.formats import open_dataset
 from data.text import Vocabulary, tokenize
 from tests.conftest import TINY, one_thread
 from tests.test_loaders import save
@@ -49,7 +49,7 @@ def nothing_partial(folder: Path) -> None:
     """No temporary file left, and every checkpoint / JSON file there is complete."""
     if not folder.exists():
         return
-    from utils.checkpoint import load_checkpoint
+    from engine.checkpoint import load_checkpoint
     for path in folder.rglob("*"):
         assert not path.name.endswith(".tmp"), f"temporary file left behind: {path}"
         if path.suffix == ".pt":
@@ -274,7 +274,7 @@ def stage2(fiq, tmp_path, *extra):
 
 
 def test_checkpoint_whose_vocabulary_does_not_match(fiq, tmp_path):
-    from utils.checkpoint import CheckpointError
+    from engine.checkpoint import CheckpointError
     ckpt, vocab_dir, root = fiq
     vocab = json.loads((vocab_dir / "fashioniq_vocab.json").read_text())
     vocab["tokens"].append("zzyzx")
@@ -289,7 +289,7 @@ def test_checkpoint_whose_vocabulary_does_not_match(fiq, tmp_path):
 @pytest.mark.parametrize("flag,value,saved", [("--model", "tirg", "'manme'"), ("--backbone", "resnet50", "'resnet18'"),
                                               ("--embed_dim", "32", "64")])
 def test_checkpoint_of_another_model_or_backbone(fiq, tmp_path, flag, value, saved):
-    from utils.checkpoint import CheckpointError
+    from engine.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match=re.escape(f"checkpoint has {flag} {saved} but this run uses")
                        + f".*pass {flag} {saved.strip(chr(39))}"):
         train_main(*stage2(fiq, tmp_path, "--vocab_dir", fiq[1], flag, value))
@@ -360,7 +360,7 @@ def test_evaluation_on_a_split_without_annotations(fiq, tmp_path, dataset):
 
 
 def test_resume_without_anything_to_resume(tmp_path):
-    from utils.checkpoint import CheckpointError
+    from engine.checkpoint import CheckpointError
     with pytest.raises(FileNotFoundError, match=r"--resume auto: .*config\.json not found; nothing to resume"):
         train_main("--output_dir", tmp_path, "--exp_name", "never", "--resume", "auto")
     with pytest.raises(CheckpointError, match=r"gone\.pt: checkpoint not found"):

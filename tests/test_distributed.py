@@ -142,9 +142,9 @@ def expected_rows(run_dir: Path, checkpoint: Path, batch_size: int, n_batches: i
     """The loss parts of the first step of epoch 2 from `checkpoint`, recomputed in this process with
     `n_batches` batches of `batch_size` (their mean: what per-rank negatives log under DDP)."""
     from config import resolve
-    from utils.checkpoint import load_checkpoint
+    from engine.checkpoint import load_checkpoint
     from utils.distributed import DistInfo
-    from utils.trainer import Stage, Trainer
+    from engine.trainer import Stage, Trainer
     cfg = resolve({"batch_size": batch_size}, base=json.loads((run_dir / "config.json").read_text()))
     trainer = Trainer(cfg, Stage(1, 2, cfg.step_lr, run_dir / "unused"), DistInfo(), run_dir, None)
     trainer.restore(load_checkpoint(checkpoint), str(checkpoint))
@@ -185,7 +185,7 @@ def test_mid_epoch_resume_with_another_global_batch(runs):
     """A checkpoint from 2 x 4 resumed by 1 x 8 mid-epoch continues at the same triplet of the epoch's order."""
     from config import resolve
     from utils.distributed import DistInfo
-    from utils.trainer import Stage, Trainer
+    from engine.trainer import Stage, Trainer
     run_dir = runs["b"]
     cfg = resolve({"batch_size": 8}, base=json.loads((run_dir / "config.json").read_text()))
     trainer = Trainer(cfg, Stage(1, 2, cfg.step_lr, run_dir / "unused"), DistInfo(), run_dir, None)

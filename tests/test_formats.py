@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from config import Config
-from data.base import open_dataset
+from data.formats import open_dataset
 from data.fashion200k import replacement
 from data.text import tokenize
 
@@ -171,7 +171,7 @@ def test_fashion200k_training_pairs(tmp_path):
     description = {f"women/{c}/{i}/{i}_0.jpeg": d for c, ds in TRAIN_LABELS.items() for i, d in enumerate(ds)}
     epoch0 = f200k.train_triplets(0)
     assert epoch0 == f200k.train_triplets(0)  # deterministic for (seed, epoch)
-    assert len(epoch0) == 9  # every image but the gown, which has no one-word sibling
+    assert len(epoch0) == 10  # one triplet per training image (TIRG / ARTEMIS epoch length)
     for t in epoch0:
         src, tgt = tokenize(description[t.reference]), tokenize(description[t.target])
         diff = [(a, b) for a, b in zip(src, tgt) if a != b]

@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader
 
 from config import Config
 from data import check
-from data.base import open_dataset
+from data.formats import open_dataset
 from data.images import eval_transform, load_image, resize_size, train_transform
-from data.loaders import (ImageFolderList, TripletBatch, TripletImages, collate_triplets, drop_missing,
+from data.loaders import (ImageList, collate_images, TripletBatch, TripletImages, collate_triplets, drop_missing,
                           drop_missing_eval)
 from data.text import Vocabulary
 
@@ -108,8 +108,13 @@ def test_triplet_loader_end_to_end(tmp_path):
 def test_gallery_loader(tmp_path):
     fmt = write_fashioniq(tmp_path)
     (val,) = fmt.eval_splits("val")
-    batch = next(iter(DataLoader(ImageFolderList(fmt, val.gallery, eval_transform(32)), batch_size=4)))
-    assert batch["image"].shape == (4, 3, 32, 32) and batch["index"].tolist() == [0, 1, 2, 3]
+    paths = [fmt.image_path(i) for i in val.gallery]
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    loader = DataLoader(ImageList(paths[:3] + [tmp_path / "broken.jpg"], eval_transform(32)), batch_size=4,
+                        collate_fn=collate_images)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["index"] == [0, 1, 2]
+    assert [i for i, _ in batch["errors"]] == [3] and "broken.jpg" in batch["errors"][0][1]
 
 
 def test_drop_missing_reports_and_fails_when_empty(tmp_path, capsys):

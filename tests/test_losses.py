@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from config import MODELS, resolve
+from config import resolve
+from models import VARIANTS
 from losses import LossOutput, RetrievalLoss
 from models import build_model
 
@@ -87,7 +88,7 @@ def test_margins_and_alpha_come_from_config():
         assert torch.allclose(out.parts[f"me/{g}"], expected[f"me/{g}"], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_parts_per_variant(name):
     model, cfg = small(name)
     reference, text, targets = batch(model)

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from config import GRAINS, resolve
+from config import resolve
+from models import GRAINS
 from losses import RetrievalLoss
 from models import build_model
 from models.glove import glove_cache_path, load_glove
@@ -252,7 +253,7 @@ def test_overfits_16_triplets():
     assert done, f"after {step} steps: loss {loss.item():.3f} (start {first:.3f})"
 
 
-def test_glove_words_come_from_the_vocabulary_file(tmp_path, caplog):
+def test_glove_words_come_from_the_vocabulary(tmp_path, caplog):
     from data.text import SPECIALS, Vocabulary
     glove = tmp_path / "glove.tiny.8d.txt"
     write_glove(glove, [("red", [2.0] * 8)])
@@ -260,7 +261,8 @@ def test_glove_words_come_from_the_vocabulary_file(tmp_path, caplog):
     vocab_path = tmp_path / "vocab" / "shoes_vocab.json"
     vocab.save(vocab_path)
     with caplog.at_level(logging.INFO, logger="manme"):
-        model = build_model(config(glove_path=str(glove), dataset="shoes"), len(vocab), vocab_path=vocab_path)
+        model = build_model(config(glove_path=str(glove), dataset="shoes"), len(vocab), vocab_path=vocab_path,
+                            vocab_words=vocab.tokens)
     assert model.text_encoder.embedding.weight[vocab.index["red"]].tolist() == [2.0] * 8
     assert f"1 of {len(vocab)} words found" in caplog.text
     assert glove_cache_path(vocab_path, glove).is_file()

@@ -62,7 +62,7 @@ def test_evaluate_writes_consistent_metrics(trained, tmp_path):
             hits = sum(any(t in r["ranking"][:k] for t in r["targets"]) for r in rows)
             assert abs(100 * hits / len(rows) - m[key]) < 1e-6, (cat, key)
     if dataset == "fashioniq":
-        from data.base import open_dataset
+        from data.formats import open_dataset
         from config import resolve
         fmt = open_dataset(resolve({"dataset": "fashioniq", "data_root": str(root)}))
         n_annotations = sum(len(json.loads(p.read_text())) for p in

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from utils.ranking import rank_queries, recall_at
+from engine.ranking import rank_queries, recall_at
 
 CHUNKS = [(1000, 1000), (37, 101), (7, 10), (16, 33), (5, 1), (1, 7)]  # (query, gallery)
 

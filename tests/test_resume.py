@@ -151,7 +151,7 @@ def test_damaged_last_checkpoint_falls_back_to_previous(runs, tmp_path, capsys):
     last = tmp_path / "D" / "stage1" / "last.pt"
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
-    from utils.checkpoint import CheckpointError, load_checkpoint
+    from engine.checkpoint import CheckpointError, load_checkpoint
     with pytest.raises(CheckpointError, match=r"last\.pt: truncated or corrupt checkpoint.*last\.prev\.pt"):
         load_checkpoint(last)
     # last.prev.pt is the save at the last step, before the epoch-end validation: resuming redoes only that
@@ -166,7 +166,7 @@ def test_damaged_last_checkpoint_falls_back_to_previous(runs, tmp_path, capsys):
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_damaged_checkpoint_error_names_the_file(runs, tmp_path, damage):
-    from utils.checkpoint import CheckpointError, load_checkpoint
+    from engine.checkpoint import CheckpointError, load_checkpoint
     data = (runs[0] / "A" / "stage1" / "last.pt").read_bytes()
     path = tmp_path / "run" / "stage1" / "last.pt"
     path.parent.mkdir(parents=True)
@@ -193,7 +193,7 @@ def test_step_log_drops_what_the_resume_redoes(tmp_path):
 
 
 def test_resume_points_are_exact_suffixes_of_the_epoch_order():
-    from utils.sampler import ResumableSampler
+    from engine.sampler import ResumableSampler
     sampler = ResumableSampler(50, 4, seed=7, rank=0, world_size=1)
     for epoch in (0, 1):
         sampler.set_epoch(epoch)
@@ -223,7 +223,7 @@ def test_resume_path_continues_its_own_stage(tiny_root, vocab_dir, tmp_path, cap
 
 def signal_at(monkeypatch, step: int, times: int = 1, signum=signal.SIGINT):
     """Send `signum` to this process `times` times while optimizer step `step` runs."""
-    from utils.trainer import Trainer
+    from engine.trainer import Trainer
     original = Trainer.train_step
 
     def patched(self, batch):
@@ -261,7 +261,7 @@ def test_repeated_signal_within_seconds_still_saves(tiny_root, vocab_dir, tmp_pa
 
 
 def test_second_sigint_stops_at_once_keeping_the_last_save(tiny_root, vocab_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("utils.trainer.REPEAT_SIGNAL_WINDOW_S", 0.0)
+    monkeypatch.setattr("engine.run.REPEAT_SIGNAL_WINDOW_S", 0.0)
     signal_at(monkeypatch, 3, times=2)
     with pytest.raises(SystemExit) as stop:
         train_here(*short(tiny_root, vocab_dir, tmp_path))
@@ -274,7 +274,7 @@ def test_second_sigint_stops_at_once_keeping_the_last_save(tiny_root, vocab_dir,
 
 def nan_at(monkeypatch, step: int):
     """The loss of optimizer step `step` (and its `sim` part) become NaN, gradients included."""
-    from utils.trainer import Trainer
+    from engine.trainer import Trainer
     original = Trainer.train_step
 
     def patched(self, batch):
@@ -287,7 +287,7 @@ def nan_at(monkeypatch, step: int):
 
 
 def test_nonfinite_loss_stops_naming_step_and_parts(tiny_root, vocab_dir, tmp_path, monkeypatch):
-    from utils.trainer import NonFiniteLoss
+    from engine.trainer import NonFiniteLoss
     nan_at(monkeypatch, 3)
     # logged every 5 steps, saved every 2: the NaN of step 3 is found at step 4, before its save
     with pytest.raises(NonFiniteLoss) as error:
@@ -327,7 +327,7 @@ class RunsCode:
 
 def test_checkpoint_that_runs_code_is_refused(runs, tmp_path):
     import evaluate
-    from utils.checkpoint import CheckpointError, load_checkpoint
+    from engine.checkpoint import CheckpointError, load_checkpoint
     marker = tmp_path / "pwned"
     state = torch.load(runs[0] / "A" / "stage1" / "last.pt", weights_only=True)
     state["config"]["hook"] = RunsCode(marker)   # a valid checkpoint with one poisoned entry
@@ -347,7 +347,7 @@ def test_checkpoint_that_runs_code_is_refused(runs, tmp_path):
 
 
 def test_search_index_that_runs_code_is_refused(tmp_path):
-    from utils.search_index import load_index
+    from tools.search_index import load_index
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.index"
     torch.save({"format": "manme-search-index", "version": 1, "root": RunsCode(marker)}, evil)

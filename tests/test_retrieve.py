@@ -22,7 +22,7 @@ def ckpt(tiny_root, tmp_path_factory):
 def gallery(tiny_root, tmp_path_factory):
     """A folder holding copies of the FashionIQ dress val gallery, in a subfolder too, plus broken files."""
     from config import resolve
-    from data.base import open_dataset
+    from data.formats import open_dataset
     fmt = open_dataset(resolve({"dataset": "fashioniq", "data_root": str(tiny_root)}))
     split = next(s for s in fmt.eval_splits("val") if s.category == "dress")
     folder = tmp_path_factory.mktemp("my_images")
@@ -62,7 +62,7 @@ def find(folder, image_id):
 
 
 def test_index_file(index, gallery, ckpt):
-    from utils.search_index import file_sha256
+    from tools.search_index import file_sha256
     path, stderr = index
     folder, split = gallery
     state = torch.load(path, weights_only=True)  # safe: tensors and plain values only
@@ -95,11 +95,12 @@ def test_query_matches_evaluation_rankings(index, gallery, rankings):
 
 
 def test_every_query_matches_in_process(ckpt, index, gallery, rankings):
-    from utils.evaluation import load_trained
-    from utils.search_index import load_index, search
+    from engine.inference import load_trained
+    from tools.search_index import load_index, search
     path, _ = index
     folder, _ = gallery
-    model, cfg, vocab = load_trained(ckpt, {"device": "cpu"})
+    trained = load_trained(ckpt, {"device": "cpu"})
+    model, cfg, vocab = trained.model, trained.cfg, trained.vocab
     loaded = load_index(path)
     for row in rankings[::6]:
         result = search(model, vocab, loaded, find(folder, row["reference"]), row["text"], 10, torch.device("cpu"))
@@ -109,7 +110,7 @@ def test_every_query_matches_in_process(ckpt, index, gallery, rankings):
 def test_query_outside_index_png_and_unknown_words(index, gallery, tiny_root, tmp_path, capsys):
     import retrieve
     from config import resolve
-    from data.base import open_dataset
+    from data.formats import open_dataset
     path, _ = index
     fmt = open_dataset(resolve({"dataset": "fashioniq", "data_root": str(tiny_root)}))
     outside = fmt.image_path(next(s for s in fmt.eval_splits("val") if s.category == "shirt").gallery[0])
@@ -139,7 +140,7 @@ def test_wrong_checkpoint_is_refused(index, gallery, ckpt, tmp_path):
 
 def test_unsafe_or_foreign_index_is_refused(tmp_path):
     from pathlib import Path
-    from utils.search_index import load_index
+    from tools.search_index import load_index
     unsafe = tmp_path / "unsafe.index"
     torch.save({"format": "manme-search-index", "root": Path("/")}, unsafe)  # a pickled Python object
     with pytest.raises(ValueError, match="refused"):

@@ -35,9 +35,10 @@ def ckpt(tiny_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(ckpt, tiny_root):
-    from data.base import open_dataset
-    from utils.evaluation import load_trained
-    model, cfg, vocab = load_trained(ckpt, {"data_root": str(tiny_root), "device": "cpu", "num_workers": 0})
+    from data.formats import open_dataset
+    from engine.inference import load_trained
+    trained = load_trained(ckpt, {"data_root": str(tiny_root), "device": "cpu", "num_workers": 0})
+    model, cfg, vocab = trained.model, trained.cfg, trained.vocab
     return model, cfg, vocab, open_dataset(cfg)
 
 
@@ -91,8 +92,8 @@ def test_errors_are_clear(ckpt, tmp_path, capsys):
 
 def test_retrieval_rows_match_evaluation(loaded):
     """The figure ranks as evaluate() does: same top-k, reference excluded, target framed when retrieved."""
-    from utils.evaluation import evaluate
-    from utils.figures import retrieval_rows
+    from engine.evaluation import evaluate
+    from tools.figures import retrieval_rows
     model, cfg, vocab, fmt = loaded
     rows = retrieval_rows(model, fmt, vocab, cfg, torch.device("cpu"), "val", n=48, k=5)
     result = evaluate(model, fmt, vocab, replace(cfg, categories="dress"), "val", torch.device("cpu"), progress=False)
@@ -105,7 +106,7 @@ def test_retrieval_rows_match_evaluation(loaded):
 
 
 def test_tensorboard_hook(loaded):
-    from utils.figures import log_retrieval_figure
+    from tools.figures import log_retrieval_figure
 
     class Writer:
         def add_image(self, tag, image, step, dataformats):
@@ -120,13 +121,14 @@ def test_tensorboard_hook(loaded):
 
 
 def test_attention_maps_are_grad_cam_of_each_part(loaded):
-    from utils.figures import attention_maps
-    from utils.evaluation import embed_texts
+    from tools.figures import attention_maps
+    from engine.inference import embed_texts
     model, cfg, vocab, fmt = loaded
     torch.manual_seed(0)
     reference, target = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
     text = embed_texts(model, vocab, ["is red <and> has stripes"], torch.device("cpu")).clone()
-    maps, scores, overlap, map_overlap = attention_maps(model, reference, target, text)
+    found = attention_maps(model, reference, target, text)
+    maps, scores, overlap, map_overlap = found.maps, found.part_scores, found.overlap, found.map_overlap
     feature_shapes = {g: x.shape[-2:] for g, x in model.image_encoder.feature_maps(target).items()}
     with torch.no_grad():
         query = model.compose(model.encode_images(reference), text)
@@ -144,7 +146,7 @@ def test_attention_maps_are_grad_cam_of_each_part(loaded):
 def test_attention_needs_score_parts(loaded):
     from config import resolve
     from models import build_model
-    from utils.figures import attention_rows
+    from tools.figures import attention_rows
     model, cfg, vocab, fmt = loaded
     tirg_cfg = resolve({"model": "tirg", "backbone": "resnet18", "backbone_weights": "none", "embed_dim": 64,
                         "word_dim": 32, "crop_size": 32})
@@ -153,7 +155,7 @@ def test_attention_needs_score_parts(loaded):
 
 
 def test_draw_retrievals_layout(tmp_path):
-    from utils.figures import RetrievalRow, draw_retrievals
+    from tools.figures import RetrievalRow, draw_retrievals
     paths = []
     for i, color in enumerate(["red", "blue", "green", "black"]):
         paths.append(tmp_path / f"{i}.png")
@@ -168,7 +170,7 @@ def test_draw_retrievals_layout(tmp_path):
 
 
 def test_profile(loaded):
-    from utils.profile import format_profile, profile_model
+    from tools.profile import format_profile, profile_model
     model, cfg, vocab, fmt = loaded
     profile = profile_model(model, cfg, torch.device("cpu"))
     trainable, total = model.parameter_counts()

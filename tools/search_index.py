@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from data.images import eval_transform, load_image
+from engine.inference import build_queries, embed_images, rank_gallery
 from utils.io import atomic_write
 
 FORMAT, VERSION = "manme-search-index", 1
@@ -110,50 +108,6 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(found)
 
 
-class ImageFiles(Dataset):
-    """Items: dict(image=tensor, index=i), or dict(error=message, index=i) for an unreadable file."""
-
-    def __init__(self, paths: list[Path], crop_size: int):
-        self.paths, self.transform = paths, eval_transform(crop_size)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        try:
-            return dict(image=self.transform(load_image(self.paths[i])), index=i)
-        except (OSError, ValueError) as e:
-            return dict(error=str(e), index=i)
-
-
-def collate_readable(items: list[dict]) -> dict:
-    good = [x for x in items if "image" in x]
-    return dict(image=torch.stack([x["image"] for x in good]) if good else None,
-                index=[x["index"] for x in good], errors=[(x["index"], x["error"]) for x in items if "error" in x])
-
-
-@torch.inference_mode()
-def embed_files(model, paths: list[Path], crop_size: int, device, batch_size: int = 64, num_workers: int = 0,
-                amp_dtype=None, progress: bool = True, desc: str = "embed images"):
-    """(grain -> (n, d) float32 embeddings of the readable files, their indices in `paths`,
-    [(index, message)] of the unreadable ones)."""
-    loader = DataLoader(ImageFiles(paths, crop_size), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_readable, pin_memory=device.type == "cuda")
-    parts: dict[str, list[torch.Tensor]] = {g: [] for g in model.grains}
-    kept, errors = [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-        errors += batch["errors"]
-        if batch["image"] is None:
-            continue
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            feats = model.encode_images(batch["image"].to(device, non_blocking=True))
-        for g in model.grains:
-            parts[g].append(feats[g].float())
-        kept += batch["index"]
-    embeddings = {g: torch.cat(x) if x else torch.zeros(0, model.embed_dim, device=device) for g, x in parts.items()}
-    return embeddings, kept, errors
-
-
 def build_index(model, folder: str | Path, checkpoint_path: str | Path, crop_size: int, device,
                 batch_size: int = 64, num_workers: int = 0, amp_dtype=None, cfg=None,
                 progress: bool = True) -> SearchIndex:
@@ -162,11 +116,12 @@ def build_index(model, folder: str | Path, checkpoint_path: str | Path, crop_siz
     files = list_images(root)
     if not files:
         raise FileNotFoundError(f"{folder}: no image files (.jpg, .jpeg, .png, .webp) in it or its subfolders")
-    embeddings, kept, errors = embed_files(model, files, crop_size, device, batch_size, num_workers,
-                                           amp_dtype, progress, desc="index images")
-    skipped = [message if message.startswith(str(files[i])) else f"{files[i]}: {message}" for i, message in errors]
-    return SearchIndex(root=str(root), paths=[files[i].relative_to(root).as_posix() for i in kept],
-                       embeddings={g: x.cpu() for g, x in embeddings.items()},
+    embedded = embed_images(model, files, crop_size, device, batch_size, num_workers, amp_dtype=amp_dtype,
+                            progress=progress, desc="index images")
+    skipped = [message if message.startswith(str(files[i])) else f"{files[i]}: {message}"
+               for i, message in embedded.errors]
+    return SearchIndex(root=str(root), paths=[files[i].relative_to(root).as_posix() for i in embedded.kept],
+                       embeddings={g: x.cpu() for g, x in embedded.features.items()},
                        checkpoint=checkpoint_identity(checkpoint_path, cfg), crop_size=crop_size, skipped=skipped)
 
 
@@ -216,26 +171,18 @@ def search(model, vocab, index: SearchIndex, image: str | Path, text: str, k: in
     The text is tokenised as evaluation does (FashionIQ's "first <and> second" included). As in
     evaluation, the reference is never ranked against itself: when `image` is one of the indexed
     files (same path, or the same file through a link), that row is left out of the ranking."""
-    from models.base import map_tensors
-    from utils.evaluation import embed_texts
-    from utils.ranking import rank_queries
-
     if len(index) == 0:
         raise ValueError("the index holds no image")
-    reference, _, errors = embed_files(model, [Path(image)], index.crop_size, device, amp_dtype=amp_dtype,
-                                       progress=False)
-    if errors:
-        raise ValueError(f"--image: {errors[0][1]}")
-    query = model.compose(reference, embed_texts(model, vocab, [text], device))
+    reference = embed_images(model, [Path(image)], index.crop_size, device, amp_dtype=amp_dtype, progress=False)
+    if reference.errors:
+        raise ValueError(f"--image: {reference.errors[0][1]}")
+    query = build_queries(model, vocab, reference.features, [text], device)
     gallery = {g: x.to(device) for g, x in index.embeddings.items()}
     missing = [g for g in model.grains if g not in gallery]
     if missing:
         raise ValueError(f"the index has no {', '.join(missing)} embeddings; rebuild it with this checkpoint")
     own = index.position(image)
-    result = rank_queries(
-        lambda qs, gs: model.score(map_tensors(query, lambda t: t[qs]), {g: x[gs] for g, x in gallery.items()}).float(),
-        n_queries=1, n_gallery=len(index), targets=[[]], references=[own], topk=k, query_chunk=1,
-        gallery_chunk=8192)
+    result = rank_gallery(model, query, gallery, targets=[[]], references=[own], topk=k, query_chunk=1)
     return SearchResult(paths=[index.file(i) for i in result.topk_index[0].tolist()],
                         scores=result.topk_score[0].tolist(), excluded=index.file(own) if own >= 0 else None,
                         unknown_words=vocab.unknown_words(text))

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_image
+from engine.evaluation import embed_split_images, eval_splits, rank_split
+from engine.inference import embed_texts
+from models import map_tensors
+from models.image_encoder import gem
+from utils.io import atomic_write
 
 WIDTH = 1000
 MARGIN = 10
@@ -101,8 +107,6 @@ def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.I
 def save_png(image: Image.Image, path: str | Path, colors: int = 0) -> None:
     """Write `image` as PNG atomically, readable by others (umask); `colors` > 0 stores it with an
     adaptive palette of that many colours (about 3x smaller, for README figures)."""
-    import os
-    from utils.io import atomic_write
     if colors:
         image = image.convert("RGB").quantize(min(256, colors), method=Image.Quantize.MEDIANCUT)
     atomic_write(path, lambda f: image.save(f, format="PNG", optimize=True), binary=True)
@@ -177,15 +181,12 @@ def pick(items: list, n: int) -> list:
     return [items[round(i * (len(items) - 1) / max(1, n - 1))] for i in range(n)] if n > 1 else [items[0]]
 
 
-def first_split(fmt, cfg, split: str):
+def first_split(fmt, split: str):
     """The split's first category (FashionIQ: the first of --categories), missing images dropped."""
-    from data.loaders import drop_missing_eval
-    splits = fmt.eval_splits(split)
-    if cfg.dataset == "fashioniq":
-        splits = [s for s in splits if s.category in cfg.category_list] or splits
+    splits = eval_splits(fmt, split)
     if not splits:
-        raise ValueError(f"{cfg.dataset} {split}: no evaluation split")
-    return drop_missing_eval(fmt, splits[0])
+        raise ValueError(f"{fmt.name} {split}: no evaluation split")
+    return splits[0]
 
 
 @torch.inference_mode()
@@ -193,35 +194,18 @@ def retrieval_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 
                    amp_dtype=None, progress: bool = False) -> list[RetrievalRow]:
     """Top-k of n queries of the split's first category, ranked exactly as evaluation ranks them
     (the category's whole gallery, the reference excluded)."""
-    from models.base import map_tensors
-    from utils.evaluation import embed_images, embed_texts
-    from utils.ranking import rank_queries
-
-    s = first_split(fmt, cfg, split)
+    s = first_split(fmt, split)
     queries = pick(s.queries, n)
     was_training = model.training
     model.eval()
     image_ids = list(dict.fromkeys(s.gallery + [q.reference for q in queries]))
     position = {image_id: i for i, image_id in enumerate(image_ids)}
-    feats = embed_images(model, fmt, image_ids, cfg.crop_size, device, cfg.eval_batch_size, cfg.num_workers,
-                         amp_dtype=amp_dtype, progress=progress)
-    gallery = {g: x[:len(s.gallery)] for g, x in feats.items()}
-    rows_of = torch.tensor([position[q.reference] for q in queries], device=device)
-    query = model.compose({g: x[rows_of] for g, x in feats.items()},
-                          embed_texts(model, vocab, [q.text for q in queries], device))
-    in_gallery = {image_id: i for i, image_id in enumerate(s.gallery)}
-    result = rank_queries(
-        lambda qs, gs: model.score(map_tensors(query, lambda t: t[qs]), {g: x[gs] for g, x in gallery.items()}).float(),
-        n_queries=len(queries), n_gallery=len(s.gallery),
-        targets=[[in_gallery[t] for t in q.targets if t in in_gallery] for q in queries],
-        references=[in_gallery.get(q.reference, -1) for q in queries], topk=k,
-        query_chunk=cfg.eval_chunk, gallery_chunk=cfg.gallery_chunk)
+    features = embed_split_images(model, fmt, image_ids, cfg, device, amp_dtype=amp_dtype, progress=progress)
+    _, result = rank_split(model, vocab, s, queries, features, position, cfg, device, topk=k)
     model.train(was_training)
-    rows = []
-    for q, top, scores in zip(queries, result.topk_index.tolist(), result.topk_score.tolist()):
-        rows.append(RetrievalRow(fmt.image_path(q.reference), q.text, [fmt.image_path(s.gallery[j]) for j in top],
-                                 scores, {fmt.image_path(t) for t in q.targets}, s.category))
-    return rows
+    return [RetrievalRow(fmt.image_path(q.reference), q.text, [fmt.image_path(s.gallery[j]) for j in top], scores,
+                         {fmt.image_path(t) for t in q.targets}, s.category)
+            for q, top, scores in zip(queries, result.topk_index.tolist(), result.topk_score.tolist())]
 
 
 def retrieval_figure(model, fmt, vocab, cfg, device, split: str = "val", n: int = 4, k: int = 5,
@@ -239,20 +223,30 @@ def log_retrieval_figure(writer, tag: str, step: int, model, fmt, vocab, cfg, de
     writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
 
 
+def validation_figure(writer, tag: str, step: int, trainer) -> None:
+    """engine.trainer's validation hook: the retrieval figure of the model being trained."""
+    log_retrieval_figure(writer, f"{tag}/retrievals", step, trainer.model, trainer.fmt, trainer.vocab, trainer.cfg,
+                         trainer.device, amp_dtype=trainer.amp_dtype)
+
+
 # ----------------------------------------------------------------------------- attention maps
 
 PARTS = ("modified", "preserved")
 
 
 @dataclass
-class AttentionRow:
-    reference: Image.Image                    # what the model saw (centre crop)
-    target: Image.Image
-    text: str
+class AttentionMaps:
     maps: dict[str, dict[str, np.ndarray]]    # grain -> part -> (h, w) Grad-CAM in [0, 1] (feature resolution)
     part_scores: dict[str, dict[str, float]]  # grain -> part -> s_part(query, target)
     overlap: dict[str, float]                 # grain -> sum_k min(A_mod, A_pre) (MANME.md §3)
     map_overlap: dict[str, float]             # grain -> sum min(p_mod, p_pre) of the maps normalised to sum 1
+
+
+@dataclass
+class AttentionRow(AttentionMaps):
+    reference: Image.Image = None             # what the model saw (centre crop)
+    target: Image.Image = None
+    text: str = ""
 
 
 def grad_cam(score: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
@@ -270,12 +264,9 @@ def shared_mass(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.minimum(a / a.sum(), b / b.sum()).sum())
 
 
-def attention_maps(model, reference: torch.Tensor, target: torch.Tensor, text: torch.Tensor):
+def attention_maps(model, reference: torch.Tensor, target: torch.Tensor, text: torch.Tensor) -> AttentionMaps:
     """Grad-CAM of every score part of (reference (1,3,H,W), text embedding (1,d)) against `target`
-    (1,3,H,W) on each grain's feature map. Returns (maps, part_scores, overlap, map_overlap)."""
-    from models.base import map_tensors
-    from models.image_encoder import gem
-
+    (1,3,H,W) on each grain's feature map."""
     encoder = model.image_encoder
     with torch.no_grad():
         query = map_tensors(model.compose(model.encode_images(reference), text), torch.Tensor.clone)
@@ -297,17 +288,16 @@ def attention_maps(model, reference: torch.Tensor, target: torch.Tensor, text: t
     overlap = {g: float(v[0]) for g, v in model.attention_overlap(query).items()}
     map_overlap = {g: shared_mass(m["modified"], m["preserved"]) for g, m in maps.items()
                    if "modified" in m and "preserved" in m}
-    return ({g: {p: m.numpy() for p, m in ms.items()} for g, ms in maps.items()}, scores, overlap, map_overlap)
+    return AttentionMaps({g: {p: m.numpy() for p, m in ms.items()} for g, ms in maps.items()}, scores, overlap,
+                         map_overlap)
 
 
 def attention_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 4) -> list[AttentionRow]:
     """Attention maps of n queries of the split's first category, on each query's (first) target."""
-    from utils.evaluation import embed_texts
-
     if not any(k.startswith(("modified/", "preserved/")) for k in _part_names(model)):
         raise ValueError(f"--model {cfg.model} has no modified/preserved score "
                          f"parts; attention maps need manme, artemis, em-only or is-only")
-    s = first_split(fmt, cfg, split)
+    s = first_split(fmt, split)
     was_training = model.training
     model.eval()
     transform = eval_transform(cfg.crop_size)
@@ -316,9 +306,9 @@ def attention_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 
         reference = transform(load_image(fmt.image_path(q.reference)))[None].to(device)
         target = transform(load_image(fmt.image_path(q.targets[0])))[None].to(device)
         text = embed_texts(model, vocab, [q.text], device).clone()
-        maps, scores, overlap, map_overlap = attention_maps(model, reference, target, text)
-        rows.append(AttentionRow(tensor_to_image(reference[0]), tensor_to_image(target[0]), q.text, maps, scores,
-                                 overlap, map_overlap))
+        found = attention_maps(model, reference, target, text)
+        rows.append(AttentionRow(**vars(found), reference=tensor_to_image(reference[0]),
+                                 target=tensor_to_image(target[0]), text=q.text))
     model.train(was_training)
     return rows
 

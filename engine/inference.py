@@ -1,0 +1,124 @@
+"""The one inference path: load a trained model, embed images and texts, build queries, rank a gallery.
+
+Evaluation, validation, the figures and the search index all go through these functions, so a
+number in metrics.json, a row of a figure and a search result are computed the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from config import resolve
+from data.images import eval_transform
+from data.loaders import ImageList, collate_images, ignore_stop_signals, pad_tokens
+from data.text import Vocabulary
+from engine.checkpoint import load_checkpoint, strip_ddp_prefix
+from engine.ranking import RankResult, rank_queries
+from models import ComposedQuery, Retriever, build_model
+from utils.distributed import DistInfo, any_rank, gather_no_grad
+from utils.precision import amp_dtype, autocast, pick_device
+
+
+@dataclass
+class Trained:
+    """A model rebuilt from a checkpoint, ready for inference."""
+    model: Retriever          # in eval mode, on `device`
+    cfg: object               # config.Config: the checkpoint's, with command-line overrides
+    vocab: Vocabulary
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def load_trained(checkpoint_path: str | Path, explicit: dict | None = None) -> Trained:
+    """Rebuild model, config and vocabulary from a checkpoint alone.
+
+    `explicit` holds command-line overrides (data_root, device, split, ...)."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    overrides = {k: v for k, v in (explicit or {}).items() if k not in ("ckpt", "resume")}
+    cfg = resolve(overrides, base=checkpoint["config"])
+    device = pick_device(cfg.device)
+    vocab = Vocabulary(list(checkpoint["vocab"]["tokens"]), checkpoint["vocab"]["words_count"])
+    # the weights come from the checkpoint: no ImageNet file or GloVe needed
+    model = build_model(replace(cfg, backbone_weights="none", glove_path=""), len(vocab))
+    model.load_state_dict(strip_ddp_prefix(checkpoint["model"]))
+    return Trained(model.to(device).eval(), cfg, vocab, device, amp_dtype(cfg.amp, device))
+
+
+@dataclass
+class ImageEmbeddings:
+    features: dict[str, torch.Tensor]   # grain -> (len(kept), d) float32, row r is paths[kept[r]]
+    kept: list[int]                     # indices of the embedded paths
+    errors: list[tuple[int, str]]       # (index, message) of the files that could not be read
+
+
+@torch.inference_mode()
+def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_size: int = 64,
+                 num_workers: int = 0, dist_info: DistInfo | None = None, amp_dtype=None,
+                 progress: bool = True, desc: str = "embed images") -> ImageEmbeddings:
+    """Embed image files at the evaluation crop; unreadable files are reported in `errors`, not embedded.
+
+    Under torchrun each rank embeds a shard and the features are gathered; a distributed caller
+    gets every row or, when any rank met an unreadable file, a ValueError on every rank."""
+    dist_info = dist_info or DistInfo()
+    n = len(paths)
+    per_rank = -(-n // dist_info.world_size)
+    offset = dist_info.rank * per_rank
+    loader = DataLoader(ImageList(paths[offset:offset + per_rank], eval_transform(crop_size)),
+                        batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images,
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
+    parts: dict[str, list[torch.Tensor]] = {g: [] for g in model.grains}
+    kept, errors = [], []
+    for batch in tqdm(loader, desc=desc, disable=not (progress and dist_info.is_main), leave=False):
+        errors += [(offset + i, message) for i, message in batch["errors"]]
+        if batch["image"] is None:
+            continue
+        with autocast(device, amp_dtype):
+            feats = model.encode_images(batch["image"].to(device, non_blocking=True))
+        for grain in model.grains:
+            parts[grain].append(feats[grain].float())
+        kept += [offset + i for i in batch["index"]]
+    features = {g: torch.cat(x) if x else torch.zeros(0, model.embed_dim, device=device) for g, x in parts.items()}
+    if dist_info.enabled:
+        if any_rank(bool(errors), device):
+            raise ValueError("unreadable image files: " + ("; ".join(m for _, m in errors[:3]) or "on another rank")
+                             + " (`python -m data.check` lists every such file)")
+        for grain, local in features.items():  # pad to equal size, gather, trim
+            padded = torch.zeros(per_rank, local.shape[1], device=device)
+            padded[:len(local)] = local
+            features[grain] = gather_no_grad(padded)[:n]
+        kept = list(range(n))
+    return ImageEmbeddings(features, kept, errors)
+
+
+@torch.inference_mode()
+def embed_texts(model, vocab: Vocabulary, texts: list[str], device, batch_size: int = 512) -> torch.Tensor:
+    """(len(texts), d) float32 text embeddings; texts are tokenised as the training captions are."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens, lengths = pad_tokens([vocab.encode(t) for t in texts[start:start + batch_size]])
+        out.append(model.encode_texts(tokens.to(device), lengths).float())
+    return torch.cat(out) if out else torch.zeros(0, model.embed_dim, device=device)
+
+
+@torch.inference_mode()
+def build_queries(model, vocab: Vocabulary, reference: dict[str, torch.Tensor], texts: list[str],
+                  device) -> ComposedQuery:
+    """Compose each reference embedding (grain -> (Q, d)) with its modification text."""
+    return model.compose(reference, embed_texts(model, vocab, texts, device))
+
+
+@torch.inference_mode()
+def rank_gallery(model, query: ComposedQuery, gallery: dict[str, torch.Tensor], targets: list[list[int]],
+                 references: list[int], topk: int = 50, query_chunk: int = 1024, gallery_chunk: int = 8192,
+                 progress: bool = False) -> RankResult:
+    """Rank every query against the gallery (grain -> (G, d)) with the model's matmul scoring;
+    engine.ranking states the rules (ties, the excluded reference, several targets)."""
+    n_gallery = len(next(iter(gallery.values())))
+    return rank_queries(
+        lambda qs, gs: model.score(query[qs], {g: x[gs] for g, x in gallery.items()}).float(),
+        n_queries=len(query), n_gallery=n_gallery, targets=targets, references=references, topk=topk,
+        query_chunk=query_chunk, gallery_chunk=gallery_chunk, progress=progress)

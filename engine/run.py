@@ -1,0 +1,179 @@
+"""Training runs: the stages a config asks for, resume, and stop signals that save before exiting.
+
+Layout of a run: <output_dir>/<exp_name>/{config.json, vocab.json, train.log, tensorboard/,
+stage1/, stage2/}; each stage folder holds last.pt (and last.prev.pt, the one before), best.pt
+and train_log.jsonl.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+from config import Config
+from data.text import vocabulary_path
+from engine.checkpoint import CheckpointError, load_checkpoint, previous_path
+from engine.trainer import Interrupted, Stage, Trainer, ValidationHook
+from utils.distributed import DistInfo, cleanup, init_distributed
+from utils.io import atomic_write, read_json
+from utils.logs import log, setup_logging
+from utils.precision import pick_device
+
+# A stop signal repeated within this many seconds is one request delivered twice, not "stop now".
+REPEAT_SIGNAL_WINDOW_S = 5.0
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{folder}: output directory is not writable ({e.strerror}); "
+                              f"choose another with --output_dir") from None
+
+
+def find_resume(stage_folder: Path) -> Path | None:
+    """The newest loadable checkpoint of a stage, falling back to the previous one when last.pt is damaged.
+
+    None when the stage has no checkpoint yet; CheckpointError when every checkpoint there is damaged."""
+    last = stage_folder / "last.pt"
+    damaged = []
+    for candidate in (last, previous_path(last)):
+        if candidate.exists():
+            try:
+                load_checkpoint(candidate)
+            except CheckpointError as e:
+                log.warning(f"{e}")
+                damaged.append(candidate)
+                continue
+            if candidate != last:
+                log.warning(f"--resume auto: {last.name} is {'damaged' if damaged else 'missing'}; "
+                            f"falling back to the previous checkpoint {candidate}")
+            return candidate
+    if damaged:
+        raise CheckpointError(f"--resume auto: no loadable checkpoint in {stage_folder} "
+                              f"({', '.join(p.name for p in damaged)} damaged); pass --resume PATH to another "
+                              f"checkpoint, or move the folder away to start the stage over")
+    log.info(f"--resume auto: no checkpoint in {stage_folder} yet; stage starts from the beginning")
+    return None
+
+
+def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
+    """Run the stage(s) `cfg` asks for; returns the run folder. `validation_hook` is called after
+    each validation on the main process (train.py adds the retrieval figure to TensorBoard with it)."""
+    dist_info = init_distributed(pick_device(cfg.device).type)
+    run_dir = Path(cfg.output_dir) / cfg.exp_name
+    if dist_info.is_main:
+        check_writable(run_dir)
+    setup_logging(run_dir / "train.log", dist_info.is_main)
+    writer = None
+    if dist_info.is_main:
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        cfg.save(run_dir / "config.json")
+        vocab_src = vocabulary_path(cfg)
+        if vocab_src.is_file():
+            atomic_write(run_dir / "vocab.json", lambda f: f.write(vocab_src.read_bytes()), binary=True)
+
+    stages = []
+    if cfg.two_stage:
+        stages.append((replace(cfg, img_finetune=False, txt_finetune=False), Stage(1, cfg.num_epochs, cfg.step_lr, run_dir / "stage1")))
+        stages.append((replace(cfg, img_finetune=True, txt_finetune=True), Stage(2, cfg.finetune_epochs, cfg.finetune_step_lr, run_dir / "stage2")))
+    elif cfg.img_finetune or cfg.txt_finetune:
+        stages.append((cfg, Stage(2, cfg.finetune_epochs, cfg.finetune_step_lr, run_dir / "stage2")))
+    else:
+        stages.append((cfg, Stage(1, cfg.num_epochs, cfg.step_lr, run_dir / "stage1")))
+
+    try:
+        for stage_cfg, stage in stages:
+            stage.folder.mkdir(parents=True, exist_ok=True)
+            run_stage(stage_cfg, stage, dist_info, run_dir, writer, validation_hook)
+    finally:
+        if writer is not None:
+            writer.close()
+        cleanup()
+    return run_dir
+
+
+def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, writer,
+              validation_hook: ValidationHook | None = None) -> None:
+    if stage.epochs == 0:
+        return
+    resume_from = None
+    if cfg.resume == "auto":
+        resume_from = find_resume(stage.folder)
+    elif cfg.resume:  # a PATH resumes its own stage: earlier stages are done, later ones start afresh
+        saved_stage = load_checkpoint(cfg.resume).get("stage", stage.number)
+        if saved_stage > stage.number:
+            log.info(f"stage {stage.number}: skipped (--resume {cfg.resume} is a stage-{saved_stage} checkpoint)")
+            return
+        if saved_stage == stage.number:
+            resume_from = Path(cfg.resume)
+    trainer = Trainer(cfg, stage, dist_info, run_dir, writer, validation_hook)
+    if resume_from is not None:
+        trainer.restore(load_checkpoint(resume_from, trainer.device), str(resume_from))
+        if trainer.epoch >= stage.epochs:
+            log.info(f"stage {stage.number} already finished ({stage.epochs} epochs)")
+            return
+    elif stage.number == 2:
+        start = Path(cfg.ckpt) if cfg.ckpt else run_dir / "stage1" / "best.pt"
+        if not start.is_file():
+            raise FileNotFoundError(f"stage 2 starts from a stage-1 checkpoint, but {start} does not exist; "
+                                    f"train stage 1 first (same --exp_name, without --img_finetune/--txt_finetune), "
+                                    f"pass --ckpt PATH, or use --two_stage")
+        trainer.load_weights(load_checkpoint(start, trainer.device), str(start))
+        log.info(f"stage 2 starts from {start}")
+    elif cfg.ckpt:
+        trainer.load_weights(load_checkpoint(cfg.ckpt, trainer.device), cfg.ckpt)
+
+    with stop_signals_save(trainer):
+        try:
+            trainer.run()
+        except Interrupted:
+            log.warning(f"saved {stage.folder / 'last.pt'} at step {trainer.step}. Resume with the same command "
+                        f"plus --resume auto, or `python train.py --output_dir {cfg.output_dir} --exp_name "
+                        f"{cfg.exp_name} --resume auto` (the other settings are read from {run_dir / 'config.json'})")
+            raise SystemExit(130) from None
+
+
+@contextlib.contextmanager
+def stop_signals_save(trainer: Trainer):
+    """While training, SIGINT/SIGTERM ask the trainer to finish its step and save; asked twice, it stops
+    at once (files are written atomically). A repeat within a few seconds is the same request delivered
+    twice (SLURM signals every process, torchrun forwards it again)."""
+    first_signal_at = []
+
+    def on_signal(signum, _frame):
+        if trainer.stop_signal is not None:
+            if time.monotonic() - first_signal_at[0] < REPEAT_SIGNAL_WINDOW_S:
+                return
+            log.warning(f"received {signal.Signals(signum).name} again: stopping without saving")
+            raise SystemExit(130)
+        trainer.stop_signal = signum
+        first_signal_at.append(time.monotonic())
+        log.warning(f"received {signal.Signals(signum).name}: finishing the current step, then saving")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def resume_config(explicit: dict) -> dict | None:
+    """With --resume, the saved config of the run is the base, so the original flags need not be repeated."""
+    if not explicit.get("resume"):
+        return None
+    if explicit["resume"] == "auto":
+        saved = Path(explicit.get("output_dir", Config.output_dir)) / explicit.get("exp_name", Config.exp_name) / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume auto: {saved} not found; nothing to resume (check --output_dir "
+                                    f"and --exp_name, or drop --resume to start a new run)")
+        return read_json(saved)
+    return load_checkpoint(explicit["resume"])["config"]

@@ -1,0 +1,371 @@
+"""One training stage (MANME.md §5: stage 1 frozen, stage 2 fine-tunes): data, model, optimizer, the loop.
+
+engine.run chains the stages, resumes and handles stop signals; this module is one stage's
+steps, logs, validation and checkpoints (stage folder: last.pt, last.prev.pt, best.pt,
+train_log.jsonl).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from config import Config
+from data.formats import open_dataset
+from data.images import train_transform
+from data.loaders import TripletImages, collate_triplets, drop_missing, ignore_stop_signals
+from data.text import Vocabulary, load_vocabulary, vocabulary_path
+from engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state, strip_ddp_prefix
+from engine.evaluation import EvalResult, evaluate
+from engine.sampler import ResumableSampler
+from losses import RetrievalLoss
+from models import build_model, map_tensors
+from utils.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_with_grad
+from utils.logs import StepLog, log
+from utils.precision import amp_dtype, autocast, pick_device
+
+# Called after each validation on the main process with (writer, tag, step, trainer): how the
+# tools add a figure to TensorBoard without the engine depending on them.
+ValidationHook = Callable[[object, str, int, "Trainer"], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+class EpochTriplets(Dataset):
+    """Training triplets keyed by (epoch, index), with augmentation seeded from (seed, epoch, index).
+
+    Seeding per item makes every crop and flip independent of worker count and of
+    where a run was resumed. Fashion200k draws new pairs each epoch.
+    """
+
+    def __init__(self, fmt, vocab, crop_size: int, seed: int, triplets_epoch0, missing: set[str]):
+        self.fmt, self.vocab, self.seed, self.missing = fmt, vocab, seed, missing
+        self.transform = train_transform(crop_size)
+        self.length = len(triplets_epoch0)
+        self._epoch, self._items = 0, TripletImages(fmt, triplets_epoch0, vocab, self.transform)
+
+    def _items_for(self, epoch: int) -> TripletImages:
+        if epoch != self._epoch:
+            triplets = [t for t in self.fmt.train_triplets(epoch)
+                        if t.reference not in self.missing and t.target not in self.missing]
+            self._epoch, self._items = epoch, TripletImages(self.fmt, triplets, self.vocab, self.transform)
+        return self._items
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key):
+        epoch, index = key
+        items = self._items_for(epoch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return items[index % len(items)]
+
+
+@dataclass
+class Stage:
+    number: int            # 1 frozen, 2 fine-tune
+    epochs: int
+    step_lr: int
+    folder: Path
+
+
+@dataclass
+class PendingStep:
+    """A step's loss parts, still on the device: read back (one sync) only at log steps."""
+    step: int
+    epoch: int
+    parts: dict[str, torch.Tensor]
+    lr: float
+
+
+def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: str) -> None:
+    """Refuse a checkpoint that cannot mean the same thing as this run's model and data."""
+    saved = checkpoint["config"]
+    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth"):
+        if saved.get(key) != getattr(cfg, key):
+            raise CheckpointError(f"{source}: checkpoint has --{key} {saved.get(key)!r} but this run uses "
+                                  f"{getattr(cfg, key)!r}; pass --{key} {saved.get(key)} or another checkpoint")
+    if list(checkpoint["vocab"]["tokens"]) != list(vocab.tokens):
+        raise CheckpointError(f"{source}: checkpoint vocabulary ({len(checkpoint['vocab']['tokens'])} tokens) does not "
+                              f"match {vocabulary_path(cfg)} ({len(vocab.tokens)} tokens); use the "
+                              f"vocabulary saved in the run folder (vocab.json) or retrain")
+
+
+def vocab_state(vocab: Vocabulary) -> dict:
+    return {"tokens": list(vocab.tokens), "words_count": vocab.words_count}
+
+
+def loss_values(row: dict) -> dict[str, float]:
+    """A log row's loss parts, with the loss itself named "total" first, as the error message shows them."""
+    return {"total": row["loss"], **{k: v for k, v in row.items() if k not in ("step", "epoch", "loss", "lr", "skipped")}}
+
+
+class Trainer:
+    def __init__(self, cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, writer,
+                 validation_hook: ValidationHook | None = None):
+        self.cfg, self.stage, self.dist, self.run_dir, self.writer = cfg, stage, dist_info, run_dir, writer
+        self.validation_hook = validation_hook
+        self.device = pick_device(cfg.device, dist_info.local_rank)
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
+        if self.device.type == "cuda":  # fixed input sizes: let cuDNN pick the fastest kernels once
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(cfg.seed)
+        self.fmt = open_dataset(cfg)
+        self.vocab = load_vocabulary(cfg)
+        self._build_data()
+        self._build_model()
+        self.epoch, self.epoch_step, self.step, self.best_score = 0, 0, 0, -math.inf
+        self.skipped = 0
+        self.saved_step: int | None = None   # step of the newest last.pt
+        self.stop_signal: int | None = None
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _build_data(self) -> None:
+        cfg, dist_info = self.cfg, self.dist
+        triplets = self.fmt.train_triplets(0)
+        usable = drop_missing(self.fmt, triplets)
+        missing = {i for t in triplets for i in (t.reference, t.target)} - {i for t in usable for i in (t.reference, t.target)}
+        global_batch = cfg.batch_size * dist_info.world_size
+        if len(usable) < global_batch:
+            raise ValueError(f"--batch_size {cfg.batch_size} (x{dist_info.world_size} processes) is larger than the "
+                             f"{len(usable)} usable training triplets; lower --batch_size")
+        self.train_set = EpochTriplets(self.fmt, self.vocab, cfg.crop_size, cfg.seed, usable, missing)
+        self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed,
+                                        dist_info.rank, dist_info.world_size)
+        workers = cfg.num_workers
+        self.loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
+                                 collate_fn=collate_triplets, num_workers=workers,
+                                 pin_memory=self.device.type == "cuda", drop_last=True,
+                                 persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                                 worker_init_fn=ignore_stop_signals)
+
+    def _build_model(self) -> None:
+        cfg, stage = self.cfg, self.stage
+        self.model = build_model(cfg, len(self.vocab), vocab_path=vocabulary_path(cfg),
+                                 vocab_words=self.vocab.tokens).to(self.device)
+        self.model.set_finetune(img=cfg.img_finetune, txt=cfg.txt_finetune)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = RetrievalLoss(cfg).to(self.device)
+        trainable, total = self.model.parameter_counts()
+        log.info(f"stage {stage.number}: model {cfg.model}/{cfg.backbone}, grains {cfg.grains}; "
+                 f"{trainable:,} trainable of {total:,} parameters; device {self.device}"
+                 f"{', amp ' + str(self.amp_dtype).split('.')[-1] if self.amp_dtype else ''}")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, stage.step_lr, cfg.lr_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        forward: torch.nn.Module = self.model   # Retriever.forward: one step's (query, targets)
+        if self.dist.enabled:
+            forward = torch.nn.parallel.DistributedDataParallel(
+                forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(forward) if cfg.compile else forward
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
+                "stage": self.stage.number, "best_score": self.best_score, "skipped": self.skipped,
+                "global_batch": self.sampler.global_batch,
+                "rng": rng_state(), "config": self.cfg.to_dict(), "vocab": vocab_state(self.vocab)}
+
+    def load_weights(self, checkpoint: dict, source: str) -> None:
+        check_compatible(checkpoint, self.cfg, self.vocab, source)
+        try:
+            self.model.load_state_dict(strip_ddp_prefix(checkpoint["model"]))
+        except RuntimeError as e:  # a setting check_compatible does not compare
+            raise CheckpointError(f"{source}: its weights do not fit this model ({str(e).splitlines()[0][:200]} ...); "
+                                  f"use the model flags of the checkpoint's config, or another checkpoint") from None
+
+    def restore(self, checkpoint: dict, source: str) -> None:
+        """Continue exactly where `checkpoint` stopped."""
+        self.load_weights(checkpoint, source)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.epoch_step, self.step = checkpoint["epoch"], checkpoint["epoch_step"], checkpoint["step"]
+        saved_batch = checkpoint.get("global_batch", self.sampler.global_batch)
+        if self.epoch_step and saved_batch != self.sampler.global_batch:
+            # another process count (or --batch_size): continue the epoch's order at the same triplet, rounded down
+            done = self.epoch_step * saved_batch
+            self.epoch_step = done // self.sampler.global_batch
+            log.warning(f"{source}: saved with a global batch of {saved_batch}, resumed with "
+                        f"{self.sampler.global_batch} (--batch_size x processes); epoch {self.epoch + 1} goes on "
+                        f"after {self.epoch_step * self.sampler.global_batch} of its {done} triplets already seen")
+        self.best_score, self.skipped = checkpoint["best_score"], checkpoint.get("skipped", 0)
+        self.saved_step = self.step
+        set_rng_state(checkpoint["rng"])
+        log.info(f"resumed from {source}: epoch {self.epoch + 1}, step {self.step}")
+
+    def save(self, name: str) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.stage.folder / name, self.state(), keep_previous=name == "last.pt")
+        if name == "last.pt":
+            self.saved_step = self.step
+
+    # -- one optimizer step ----------------------------------------------------------------------
+    def train_step(self, batch):
+        batch = batch.to(self.device)
+        with autocast(self.device, self.amp_dtype):
+            reference, target = batch.reference, batch.target
+            if self.cfg.channels_last:
+                reference = reference.contiguous(memory_format=torch.channels_last)
+                target = target.contiguous(memory_format=torch.channels_last)
+            query, target = self.forward(reference, target, batch.tokens, batch.lengths)
+            if self.dist.enabled and self.cfg.gather_negatives:
+                query = map_tensors(query, gather_with_grad)
+                target = {g: gather_with_grad(x) for g, x in target.items()}
+            out = self.loss_fn(self.model, query, target)
+        return out
+
+    def optimize(self, out) -> None:
+        """Backward and update, or skip the batch when its loss is not finite and --skip_nonfinite asks to."""
+        self.optimizer.zero_grad(set_to_none=True)
+        # the flag needs the decision now; under DDP every rank skips, or none does
+        if self.cfg.skip_nonfinite and any_rank(not bool(torch.isfinite(out.total)), self.device):
+            self.skipped += 1
+            log.warning(f"step {self.step + 1}: non-finite loss, batch skipped ({self.skipped} so far)")
+            return
+        self.scaler.scale(out.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    # -- logging ---------------------------------------------------------------------------------
+    def log_rows(self, pending: list[PendingStep]) -> list[dict]:
+        """The pending steps as train_log.jsonl rows (the one device sync of a log interval)."""
+        if self.dist.enabled and not self.cfg.gather_negatives:
+            # per-rank negatives: each rank's loss covers its own batch, so log the mean over ranks
+            # (one collective per flush; every rank flushes at the same steps)
+            keys = list(pending[0].parts)
+            means = all_reduce_mean(torch.stack([torch.stack([p.parts[k].float() for k in keys]) for p in pending]))
+            pending = [PendingStep(p.step, p.epoch, dict(zip(keys, m)), p.lr) for p, m in zip(pending, means)]
+        rows = []
+        for p in pending:
+            values = {k: float(v) for k, v in p.parts.items()}
+            finite = all(math.isfinite(v) for v in values.values())
+            rows.append({"step": p.step, "epoch": p.epoch + 1, "loss": values.pop("total"), **values, "lr": p.lr,
+                         **({"skipped": True} if not finite and self.cfg.skip_nonfinite else {})})
+        return rows
+
+    def flush(self, pending: list[PendingStep], step_log: StepLog | None) -> dict | None:
+        """Write the pending steps to the step log and TensorBoard; stop on a non-finite loss unless skipped."""
+        if not pending:
+            return None
+        rows = self.log_rows(pending)
+        pending.clear()
+        bad = next((r for r in rows if not all(math.isfinite(v) for v in loss_values(r).values())), None)
+        if step_log is not None:
+            step_log.write(rows)
+        if self.writer is not None:
+            last = rows[-1]
+            for key, value in last.items():
+                if key not in ("step", "epoch"):
+                    self.writer.add_scalar(f"stage{self.stage.number}/train/{key}", value, last["step"])
+        if bad is not None and not self.cfg.skip_nonfinite:
+            self.raise_nonfinite(bad)
+        return rows[-1]
+
+    def raise_nonfinite(self, row: dict) -> None:
+        last_pt = self.stage.folder / "last.pt"
+        values = loss_values(row)
+        saved = (f". The last good checkpoint is {last_pt}"
+                 + (f" (step {self.saved_step})" if self.saved_step is not None else "")
+                 if last_pt.is_file() else ". No checkpoint was written before it")
+        raise NonFiniteLoss(f"non-finite loss at step {row['step']}: "
+                            + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+                            + saved + "; lower --lr, or pass --skip_nonfinite to skip such batches.")
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        step_log = StepLog(self.stage.folder / "train_log.jsonl", resume_step=self.step) if self.dist.is_main else None
+        while self.epoch < self.stage.epochs:
+            self.run_epoch(step_log)
+            self.epoch += 1
+            self.epoch_step = 0
+            self.scheduler.step()
+            self.end_of_epoch()
+            if self.at_max_steps():
+                log.info(f"stage {self.stage.number}: stopped after --max_steps {self.cfg.max_steps} steps")
+                break
+        if self.skipped:
+            log.warning(f"stage {self.stage.number}: {self.skipped} batch(es) skipped for a non-finite loss "
+                        f"(--skip_nonfinite; marked \"skipped\" in {self.stage.folder / 'train_log.jsonl'})")
+
+    def at_max_steps(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def run_epoch(self, step_log: StepLog | None) -> None:
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch, self.epoch_step)
+        bar = tqdm(self.loader, total=self.sampler.steps_per_epoch(), initial=self.epoch_step,
+                   disable=not self.dist.is_main, dynamic_ncols=True,
+                   desc=f"stage {self.stage.number} epoch {self.epoch + 1}/{self.stage.epochs}")
+        pending: list[PendingStep] = []
+        t0, seen = time.perf_counter(), 0
+        for batch in bar:
+            out = self.train_step(batch)
+            self.optimize(out)
+            self.step += 1
+            self.epoch_step += 1
+            seen += batch.reference.shape[0] * self.dist.world_size
+            parts = {"total": out.total.detach(), **{k: v.detach() for k, v in out.parts.items()},
+                     "temperature": self.model.log_temperature.detach().exp()}
+            pending.append(PendingStep(self.step, self.epoch, parts, self.optimizer.param_groups[0]["lr"]))
+            at_save = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
+            at_log = self.step % cfg.log_every == 0 or at_save
+            stop = self.stop_signal is not None
+            if self.dist.enabled:  # ranks agree at log steps, so that all stop after the same step
+                stop = bool(at_log) and any_rank(stop, self.device)
+            if at_log or stop:
+                row = self.flush(pending, step_log)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", trip_s=f"{seen / (time.perf_counter() - t0):.1f}")
+            if at_save or stop:
+                self.save("last.pt")
+            if stop:
+                raise Interrupted(self.stop_signal)
+            if self.at_max_steps():
+                break
+        bar.close()
+        self.flush(pending, step_log)
+
+    def validate(self) -> EvalResult:
+        result = evaluate(self.model, self.fmt, self.vocab, self.cfg, "val", self.device, self.dist,
+                          self.amp_dtype, keep_rankings=False, progress=True)
+        if self.dist.is_main:
+            number = self.stage.number
+            log.info(f"stage {number} epoch {self.epoch} validation:\n{result.table()}")
+            if result.overlap:
+                log.info("overlap " + ", ".join(f"{g} {v:.3f}" for g, v in result.overlap.items()))
+            if self.writer is not None:
+                for key, value in result.overall.items():
+                    self.writer.add_scalar(f"stage{number}/val/{key}", value, self.step)
+                for grain, value in result.overlap.items():
+                    self.writer.add_scalar(f"stage{number}/overlap/{grain}", value, self.step)
+                if self.validation_hook is not None:
+                    self.validation_hook(self.writer, f"stage{number}/val", self.step, self)
+        return result
+
+    def end_of_epoch(self) -> None:
+        # without validation the latest epoch counts as best
+        score = self.validate().score if self.cfg.validate else -float(self.epoch)
+        improved = score > self.best_score
+        if improved:
+            self.best_score = score
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+        barrier()
