@@ -42,7 +42,7 @@ class Config:
     crop_size: int = opt(224, "Image crop size in pixels; images are resized to crop_size*256/224 first.", "data,model")
     num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search")
     # --- model ---
-    model: str = opt("manme", "Model variant (MANME.md §4).", "model", choices=tuple(VARIANTS))
+    model: str = opt("manme", "Model variant (MANME.md §4, variants).", "model", choices=tuple(VARIANTS))
     backbone: str = opt("resnet50", "Image backbone.", "model", choices=("resnet50", "resnet18"))
     backbone_weights: str = opt("default",
                                 "ImageNet state dict for the backbone: a PATH, 'default' (torchvision's cache: "
@@ -147,7 +147,7 @@ class Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-# Per-dataset defaults: the ARTEMIS release recipe (MANME.md §5; its scripts/release_script.sh):
+# Per-dataset defaults: the ARTEMIS release recipe (MANME.md §5 (training recipe); its scripts/release_script.sh):
 # stage 1 runs 8 epochs halving every 4; stage 2 runs 50 epochs halving every 10, and
 # Fashion200k uses resnet18, batch 128, and 100 stage-2 epochs halving every 20.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -22,18 +22,18 @@ from tools.figures import RetrievalRow, draw_retrievals, save_png
 from tools.search_index import build_index, check_checkpoint, load_index, save_index, search
 
 
-def index_parser():
-    parser = build_parser("search", "Embed a folder of images.")
-    parser.prog = "retrieve.py index"
-    parser.add_argument("--ckpt", required=True, help="trained checkpoint (best.pt)")
-    parser.add_argument("--images", required=True, help="folder to index (recursively)")
-    parser.add_argument("--out", required=True, help="index file to write")
-    return parser
+COMMANDS = {"index": "Embed a folder of images.", "query": "Query an index."}
 
 
-def query_parser():
-    parser = build_parser("search", "Query an index.")
-    parser.prog = "retrieve.py query"
+def parser_for(command: str):
+    """The config's search flags (device, precision, batch size, workers) plus the command's own."""
+    parser = build_parser("search", COMMANDS[command])
+    parser.prog = f"retrieve.py {command}"
+    if command == "index":
+        parser.add_argument("--ckpt", required=True, help="trained checkpoint (best.pt)")
+        parser.add_argument("--images", required=True, help="folder to index (recursively)")
+        parser.add_argument("--out", required=True, help="index file to write")
+        return parser
     parser.add_argument("--index", required=True, help="index file written by `retrieve.py index`")
     parser.add_argument("--image", required=True, help="reference image")
     parser.add_argument("--text", required=True, help='modification text; FashionIQ form "first <and> second" accepted')
@@ -88,14 +88,13 @@ def run_query(args) -> None:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"index": (index_parser, run_index), "query": (query_parser, run_query)}
-    if not argv or argv[0] not in commands:
+    if not argv or argv[0] not in COMMANDS:
         if argv and argv[0] in ("-h", "--help"):
             print(__doc__)
             return
         sys.exit("error: give a command: index or query (see python retrieve.py --help)")
-    make_parser, run = commands[argv[0]]
-    run(make_parser().parse_args(argv[1:]))
+    run = run_index if argv[0] == "index" else run_query
+    run(parser_for(argv[0]).parse_args(argv[1:]))
 
 
 if __name__ == "__main__":

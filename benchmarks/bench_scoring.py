@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import resolve  # noqa: E402
@@ -128,7 +129,6 @@ def peak_bytes(scorer, loss_fn, x, device):
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             step(scorer, loss_fn, x)
         with tempfile.TemporaryDirectory() as tmp:

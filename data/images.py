@@ -1,4 +1,4 @@
-"""Image loading and transforms (MANME.md §5): pad to a white square, resize, crop, normalise."""
+"""Image loading and transforms (MANME.md §5, training recipe): pad to a white square, resize, crop, normalise."""
 from __future__ import annotations
 
 from pathlib import Path

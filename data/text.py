@@ -1,4 +1,4 @@
-"""Caption cleaning, tokenisation and the vocabulary (MANME.md §1).
+"""Caption cleaning, tokenisation and the vocabulary (MANME.md §1, encoders).
 
 The cleaning is the ARTEMIS one: '/', '-' and '\\' become spaces, every character
 other than an ASCII letter, a parenthesis or a space is dropped, the text is

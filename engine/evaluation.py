@@ -1,4 +1,4 @@
-"""Evaluation with the published protocols (MANME.md §6: galleries, queries and recalls per dataset).
+"""Evaluation with the published protocols (MANME.md §6, evaluation protocols: galleries, queries and recalls per dataset).
 
 Every image that a split needs (galleries and references) is embedded once; queries are
 composed once; the queries x gallery scores are produced chunk by chunk by the model's matmul
@@ -77,7 +77,7 @@ def embed_split_images(model, fmt: DatasetFormat, image_ids: list[str], cfg, dev
 
 def rank_split(model, vocab, s: EvalSplit, queries: list[Query], features: dict[str, torch.Tensor],
                position: dict[str, int], cfg, device, topk: int = TOPK, progress: bool = False):
-    """(composed queries, RankResult) of `queries` against `s`'s gallery, the protocol of MANME.md §6:
+    """(composed queries, RankResult) of `queries` against `s`'s gallery, the protocol of MANME.md §6 (evaluation protocols):
     the reference is left out of its own ranking, and every gallery entry of a correct image is a target
     (a gallery may list an image twice, as Fashion200k's label files do)."""
     rows = torch.tensor([position[i] for i in s.gallery], dtype=torch.long, device=device)

@@ -45,6 +45,72 @@ def _chunks(n, size):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _correct_targets(targets, references, n_queries, n_gallery) -> list[list[int]]:
+    """Per query: its correct targets, sorted, reference and negatives dropped; bad input raises."""
+    if len(targets) != n_queries or len(references) != n_queries:
+        raise ValueError(f"{n_queries} queries but {len(targets)} target lists "
+                         f"and {len(references)} references")
+    if n_gallery < 1:
+        raise ValueError("the gallery is empty")
+    correct = []
+    for i, (ts, ref) in enumerate(zip(targets, references)):
+        if not -1 <= ref < n_gallery or any(t >= n_gallery for t in ts):
+            raise ValueError(f"query {i}: reference {ref} or targets {list(ts)} outside "
+                             f"the gallery of {n_gallery} items")
+        correct.append(sorted({t for t in ts if t >= 0 and t != ref}))
+    return correct
+
+
+@dataclass
+class _Chunk:
+    """One query chunk's (row, column) pairs that are never counted: correct targets first, then references."""
+    queries: slice
+    rows: torch.Tensor
+    cols: torch.Tensor
+    is_target: torch.Tensor
+    n_targets: int
+    ref_col: torch.Tensor      # (nq, 1) each query's reference column, -1 for none
+
+    @classmethod
+    def build(cls, qs: slice, correct: list[list[int]], references: list[int], device) -> "_Chunk":
+        nq = qs.stop - qs.start
+        rows = [r for r in range(nq) for _ in correct[qs.start + r]]
+        cols = [t for i in range(qs.start, qs.stop) for t in correct[i]]
+        n_targets = len(rows)
+        refs = references[qs.start:qs.stop]
+        rows += [r for r in range(nq) if refs[r] >= 0]
+        cols += [ref for ref in refs if ref >= 0]
+        long = dict(dtype=torch.long, device=device)
+        rows, cols = torch.tensor(rows, **long), torch.tensor(cols, **long)
+        return cls(qs, rows, cols, torch.arange(len(rows), device=device) < n_targets, n_targets,
+                   torch.tensor(refs, **long)[:, None])
+
+    def in_block(self, gs: slice) -> torch.Tensor:
+        return (self.cols >= gs.start) & (self.cols < gs.stop)
+
+
+def _best_target_scores(score_fn, chunk: _Chunk, g_chunks, mode: str, dtype, device):
+    """(each query's best target score, (gallery slice, block) kept from the target pass or None)."""
+    qs = chunk.queries
+    best = torch.full((qs.stop - qs.start,), float("-inf"), dtype=dtype, device=device)
+    block = cached = None
+    if mode == "pass":
+        for gs in g_chunks:
+            sel = chunk.is_target & chunk.in_block(gs)
+            if sel.any():
+                block = cached = None  # release the previous block before scoring the next
+                block = score_fn(qs, gs)
+                r = chunk.rows[sel]
+                best.scatter_reduce_(0, r, block[r, chunk.cols[sel] - gs.start], "amax")
+                cached = (gs, block)
+    elif chunk.n_targets:
+        n = chunk.n_targets
+        scores = [score_fn(slice(qs.start + r, qs.start + r + 1), slice(c, c + 1)).reshape(())
+                  for r, c in zip(chunk.rows[:n].tolist(), chunk.cols[:n].tolist())]
+        best.scatter_reduce_(0, chunk.rows[:n], torch.stack(scores).to(dtype), "amax")
+    return best, cached
+
+
 @torch.inference_mode()
 def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
                  query_chunk=1024, gallery_chunk=8192, progress=False, target_scoring="auto"):
@@ -56,19 +122,9 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
     progress: a tqdm bar over query chunks. Returns a RankResult on the CPU with k = min(topk, n_gallery - 1), or min(topk, n_gallery)
     when no reference is in the gallery.
     """
-    if len(targets) != n_queries or len(references) != n_queries:
-        raise ValueError(f"{n_queries} queries but {len(targets)} target lists "
-                         f"and {len(references)} references")
     if target_scoring not in ("auto", "pass", "direct"):
         raise ValueError(f"target_scoring must be auto, pass or direct, not {target_scoring!r}")
-    if n_gallery < 1:
-        raise ValueError("the gallery is empty")
-    correct = []  # per query: its correct targets, sorted, reference and negatives dropped
-    for i, (ts, ref) in enumerate(zip(targets, references)):
-        if not -1 <= ref < n_gallery or any(t >= n_gallery for t in ts):
-            raise ValueError(f"query {i}: reference {ref} or targets {list(ts)} outside "
-                             f"the gallery of {n_gallery} items")
-        correct.append(sorted({t for t in ts if t >= 0 and t != ref}))
+    correct = _correct_targets(targets, references, n_queries, n_gallery)
     k = max(0, min(topk, n_gallery - 1 if any(r >= 0 for r in references) else n_gallery))
     if n_queries == 0:
         return RankResult(torch.empty(0, dtype=torch.long), torch.empty(0, k, dtype=torch.long),
@@ -80,46 +136,19 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
     mode = target_scoring
     if mode == "auto":
         mode = "pass" if len(g_chunks) == 1 or device.type != "cpu" else "direct"
-    long = dict(dtype=torch.long, device=device)
 
     ranks, top_index, top_score = [], [], []
     above = None  # (query chunk, gallery chunk) float32 buffer for the "scores above best" count
     for qs in tqdm(_chunks(n_queries, query_chunk), desc="ranking", disable=not progress):
+        chunk = _Chunk.build(qs, correct, references, device)
+        best, cached = _best_target_scores(score_fn, chunk, g_chunks, mode, dtype, device)
         nq = qs.stop - qs.start
-        # (row, column) pairs this chunk never counts: correct targets first, then references
-        rows = [r for r in range(nq) for _ in correct[qs.start + r]]
-        cols = [t for i in range(qs.start, qs.stop) for t in correct[i]]
-        n_targets = len(rows)
-        refs = references[qs.start:qs.stop]
-        rows += [r for r in range(nq) if refs[r] >= 0]
-        cols += [ref for ref in refs if ref >= 0]
-        rows, cols = torch.tensor(rows, **long), torch.tensor(cols, **long)
-        is_target = torch.arange(len(rows), device=device) < n_targets
-
-        best = torch.full((nq,), float("-inf"), dtype=dtype, device=device)
+        count = torch.zeros(nq, dtype=torch.long, device=device)
+        run_score = torch.empty(nq, 0, dtype=dtype, device=device)
+        run_index = torch.empty(nq, 0, dtype=torch.long, device=device)
         # Each block is released before the next is scored, so that the allocator can hand its
         # memory to the next one: a fresh allocation costs a page fault per 4 KiB page.
-        block = cached = None  # cached: (gallery slice, its block) from the target pass
-        if mode == "pass":
-            for gs in g_chunks:
-                sel = is_target & (cols >= gs.start) & (cols < gs.stop)
-                if sel.any():
-                    block = cached = None
-                    block = score_fn(qs, gs)
-                    r = rows[sel]
-                    best.scatter_reduce_(0, r, block[r, cols[sel] - gs.start], "amax")
-                    cached = (gs, block)
-        elif n_targets:
-            scores = [score_fn(slice(qs.start + r, qs.start + r + 1), slice(c, c + 1)).reshape(())
-                      for r, c in zip(rows[:n_targets].tolist(), cols[:n_targets].tolist())]
-            best.scatter_reduce_(0, rows[:n_targets], torch.stack(scores).to(dtype), "amax")
-
-        count = torch.zeros(nq, **long)
-        run_score = torch.empty(nq, 0, dtype=dtype, device=device)
-        run_index = torch.empty(nq, 0, **long)
-        ref_col = torch.tensor(refs, **long)[:, None]
-        order = g_chunks if cached is None else [cached[0]] + [g for g in g_chunks
-                                                               if g != cached[0]]
+        order = g_chunks if cached is None else [cached[0]] + [g for g in g_chunks if g != cached[0]]
         for gs in order:
             if cached is not None and gs == cached[0]:
                 block, cached = cached[1], None
@@ -132,23 +161,27 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
             if above is None or above.shape != block.shape:
                 above = torch.empty(block.shape, dtype=torch.float32, device=device)
             count += torch.gt(block, best[:, None], out=above).sum(1).long()
-            sel = (cols >= gs.start) & (cols < gs.stop)
-            r = rows[sel]
-            count.scatter_add_(0, r, -(block[r, cols[sel] - gs.start] > best[r]).long())
+            sel = chunk.in_block(gs)
+            r = chunk.rows[sel]
+            count.scatter_add_(0, r, -(block[r, chunk.cols[sel] - gs.start] > best[r]).long())
             if k:
-                score, index = block.topk(min(k + 1, block.shape[1]), dim=1)
-                index += gs.start
-                score = score.masked_fill(index == ref_col, float("-inf"))
-                merged = torch.cat([run_score, score], 1)
-                run_score, j = merged.topk(min(k, merged.shape[1]), dim=1)
-                run_index = torch.cat([run_index, index], 1).gather(1, j)
+                run_score, run_index = _merge_topk(block, gs, chunk.ref_col, k, run_score, run_index)
         block = None
-        has_target = torch.tensor([len(correct[i]) > 0 for i in range(qs.start, qs.stop)],
-                                  device=device)
+        has_target = torch.tensor([len(correct[i]) > 0 for i in range(qs.start, qs.stop)], device=device)
         ranks.append(torch.where(has_target, count, n_gallery).cpu())
         top_index.append(run_index.cpu())
         top_score.append(run_score.cpu())
     return RankResult(torch.cat(ranks), torch.cat(top_index), torch.cat(top_score))
+
+
+def _merge_topk(block, gs: slice, ref_col, k: int, run_score, run_index):
+    """The running top k merged with the block's top k+1 (room for the excluded reference)."""
+    score, index = block.topk(min(k + 1, block.shape[1]), dim=1)
+    index += gs.start
+    score = score.masked_fill(index == ref_col, float("-inf"))
+    merged = torch.cat([run_score, score], 1)
+    run_score, j = merged.topk(min(k, merged.shape[1]), dim=1)
+    return run_score, torch.cat([run_index, index], 1).gather(1, j)
 
 
 def recall_at(ranks, ks=(1, 10, 50)):

@@ -1,4 +1,4 @@
-"""One training stage (MANME.md §5: stage 1 frozen, stage 2 fine-tunes): data, model, optimizer, the loop.
+"""One training stage (MANME.md §5, training recipe: stage 1 frozen, stage 2 fine-tunes): data, model, optimizer, the loop.
 
 engine.run chains the stages, resumes and handles stop signals; this module is one stage's
 steps, logs, validation and checkpoints (stage folder: last.pt, last.prev.pt, best.pt,

@@ -1,4 +1,4 @@
-"""The MANME objective (MANME.md §3).
+"""The MANME objective (MANME.md §3, objective, overlap).
 
     L = sum_g CE(tau · S^g, diag)                       sim-level matching, tau = exp(kappa)
       + lambda_me · sum_g mean_i max(0, delta_g + rel_pre - rel_mod)   mutual exclusion

@@ -1,4 +1,4 @@
-"""The multi-grained attention compositor (MANME.md §2) and the variants built from it:
+"""The multi-grained attention compositor (MANME.md §2, attention compositor, matmul scoring) and the variants built from it:
 manme, artemis (coarse only), em-only (modified part only), is-only (preserved part only).
 
 For query i and target j at grain g (t_j L2-normalised):

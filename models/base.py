@@ -2,7 +2,7 @@
 
 A `Retriever` embeds images once (every granularity), embeds texts, composes
 queries, and scores any Q queries against any G targets as a Q×G matrix made
-of matrix products (MANME.md §2). Variants differ only in `compose` and
+of matrix products (MANME.md §2, attention compositor, matmul scoring). Variants differ only in `compose` and
 `score_per_grain`.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Baselines whose query is one vector per grain, scored by a dot product with the target (MANME.md §4):
+"""Baselines whose query is one vector per grain, scored by a dot product with the target (MANME.md §4, variants):
 tirg (gated residual of r and m), late-fusion (L2(r + m)), cross-modal (m), visual-search (r)."""
 from __future__ import annotations
 

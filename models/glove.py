@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from utils.io import atomic_write
+
 log = logging.getLogger("manme")
 
 
@@ -74,7 +76,6 @@ def load_glove(path: str | Path, vocab_words: list[str], cache_path: str | Path 
     vectors, found = _read_text(path, list(vocab_words))
     log.info(f"GloVe: {int(found.sum())} of {len(vocab_words)} words found in {path}")
     if cache_path is not None:
-        from utils.io import atomic_write
         try:
             atomic_write(cache_path, lambda f: torch.save({**key, "vectors": vectors, "found": found}, f), binary=True)
         except OSError as e:

@@ -1,4 +1,4 @@
-"""Multi-grained image encoder (MANME.md §1): ResNet C2/C3/C4, FPN-style top-down, GeM, projection, L2.
+"""Multi-grained image encoder (MANME.md §1, encoders): ResNet C2/C3/C4, FPN-style top-down, GeM, projection, L2.
 
 coarse = P4 = C4, mid = P3 = smooth3(C3 + up(lat4(P4))), fine = P2 = smooth2(C2 + up(lat3(P3))).
 Only the levels the chosen grains need are built (coarse alone has no top-down path).

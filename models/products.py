@@ -29,10 +29,9 @@ _ONEDNN_MATMUL = _onednn_matmul()
 def pairwise_dot(a: Tensor, b: Tensor) -> Tensor:
     """(A, B) matrix of a_i · b_j for a (A, d) and b (B, d): a @ bᵀ.
 
-    Large float32 products on the CPU outside autograd (evaluation, search) go through oneDNN:
-    on the development machine's AMD EPYC it ran bench_eval's products in 1.58 s where torch's
-    default CPU BLAS (MKL) took 2.45 s (BENCHMARKS.md). Same fp32 arithmetic, another summation
-    order."""
+    Large float32 products on the CPU outside autograd (evaluation, search) go through oneDNN's
+    fp32 matmul, which was faster than torch's default CPU BLAS there (bench_eval; figures in
+    BENCHMARKS.md). Same fp32 arithmetic, another summation order."""
     if (_ONEDNN_MATMUL is not None and a.device.type == "cpu" and a.dtype == b.dtype == torch.float32
             and a.shape[0] * b.shape[0] >= ONEDNN_MIN_OUTPUTS
             and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))):

@@ -1,4 +1,4 @@
-"""Text encoder (MANME.md §1): word embeddings -> BiGRU over the packed sequence -> final states -> L2."""
+"""Text encoder (MANME.md §1, encoders): word embeddings -> BiGRU over the packed sequence -> final states -> L2."""
 from __future__ import annotations
 
 import logging

@@ -7,7 +7,7 @@
   modified-part score s_mod^g and the preserved-part score s_pre^g come from: Grad-CAM of each
   score part on g's feature map (gradient of the part w.r.t. the map, averaged over space, weights
   the map's channels; ReLU; normalised to [0, 1]), side by side. Under each pair: the attention
-  overlap of MANME.md §3, sum_k min(A_mod_k, A_pre_k) (what evaluation reports and the
+  overlap of MANME.md §3 (objective, overlap), sum_k min(A_mod_k, A_pre_k) (what evaluation reports and the
   mutual-exclusion constraint lowers), and the overlap of the two maps themselves
   (sum min(p_mod, p_pre) of the maps normalised to sum 1).
 """
@@ -238,7 +238,7 @@ PARTS = ("modified", "preserved")
 class AttentionMaps:
     maps: dict[str, dict[str, np.ndarray]]    # grain -> part -> (h, w) Grad-CAM in [0, 1] (feature resolution)
     part_scores: dict[str, dict[str, float]]  # grain -> part -> s_part(query, target)
-    overlap: dict[str, float]                 # grain -> sum_k min(A_mod, A_pre) (MANME.md §3)
+    overlap: dict[str, float]                 # grain -> sum_k min(A_mod, A_pre) (MANME.md §3, objective, overlap)
     map_overlap: dict[str, float]             # grain -> sum min(p_mod, p_pre) of the maps normalised to sum 1
 
 

@@ -1,0 +1,3 @@
+"""Ground floor: atomic file I/O, logging, device and precision choices, torchrun helpers.
+
+Nothing here imports the rest of the project."""

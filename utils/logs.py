@@ -1,4 +1,4 @@
-"""Console + plain-text log file, TensorBoard, and the per-step JSONL log."""
+"""The "manme" logger (console and the run's train.log) and the per-step JSONL log (train_log.jsonl)."""
 from __future__ import annotations
 
 import json
