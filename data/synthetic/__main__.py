@@ -1,0 +1,4 @@
+"""`python -m data.synthetic`: runs the command line in data/synthetic/cli.py."""
+from data.synthetic.cli import main
+
+main()
