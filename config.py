@@ -54,9 +54,14 @@ class Config:
     grains: str = opt("coarse,mid,fine", "Granularities to use, comma-separated subset of coarse,mid,fine.", "model")
     share_attention: bool = opt(False, "(ours) Share the compositor block's weights across granularities.", "model")
     gem_p: float = opt(3.0, "Generalized-mean pooling exponent.", "model")
-    fpn_smooth: str = opt("depthwise", "(ours) 3x3 smoothing convs of the top-down pathway: depthwise (nearly free) "
-                          "or full (dense; as many FLOPs as the resnet50 backbone itself at 224 px).", "model",
-                          choices=("depthwise", "full"))
+    fpn_smooth: str = opt("full", "3x3 smoothing convs of the top-down pathway: full (dense, as MANME.md §1 specifies; "
+                          "as many FLOPs as the resnet50 backbone itself at 224 px) or depthwise (ours: nearly free, "
+                          "a speed option).", "model", choices=("full", "depthwise"))
+    frozen_bn_stats: bool = opt(True, "(ours) Stage 1: keep the frozen backbone's BatchNorm statistics fixed (eval mode); "
+                                "--no-frozen_bn_stats updates them as the ARTEMIS release does.", "model")
+    separate_backbone_passes: bool = opt(False, "Embed reference and target images in two backbone passes, as the "
+                                         "ARTEMIS release does (BatchNorm batch statistics per image set); default "
+                                         "(ours): one pass over both.", "model")
     # --- loss ---
     temperature_init: float = opt(2.65926, "Initial log-temperature kappa (tau = exp(kappa)), learnable.", "model")
     alpha: float = opt(0.4, "(ours) Mix of the text embedding and its projection in the mutual-exclusion relevance.", "model")
@@ -68,11 +73,16 @@ class Config:
     txt_finetune: bool = opt(False, "Stage 2: fine-tune the word embeddings.", "train")
     two_stage: bool = opt(False, "Run stage 1 (--num_epochs) then stage 2 (--finetune_epochs) in one command.", "train")
     ckpt: str = opt("", "Checkpoint to start stage 2 from (train) or to evaluate (evaluate).", "train,eval")
+    stage2_start: str = opt("continue", "How stage 2 starts: continue (the ARTEMIS release: the last stage-1 "
+                            "checkpoint, with its optimizer state, decayed learning rate and best score) or best "
+                            "(ours: the best stage-1 weights, a fresh optimizer at --lr).", "train",
+                            choices=("continue", "best"))
     num_epochs: int = opt(8, "Stage-1 epochs.", "train")
     finetune_epochs: int = opt(50, "Stage-2 epochs (used with --two_stage or when fine-tuning).", "train")
     batch_size: int = opt(32, "Training triplets per optimizer step (per process under torchrun).", "train")
     lr: float = opt(5e-4, "AdamW learning rate.", "train")
-    weight_decay: float = opt(0.0, "AdamW weight decay.", "train")
+    weight_decay: float = opt(0.01, "AdamW weight decay (0.01: torch's default, which the ARTEMIS release uses "
+                              "by setting none).", "train")
     step_lr: int = opt(4, "Halve the learning rate every step_lr epochs (stage 1).", "train")
     finetune_step_lr: int = opt(10, "Halve the learning rate every finetune_step_lr epochs (stage 2).", "train")
     lr_decay: float = opt(0.5, "Learning-rate factor applied every step.", "train")
@@ -88,7 +98,8 @@ class Config:
     val_figure: bool = opt(True, "Add a retrieval figure to TensorBoard at each validation.", "train")
     # --- performance / device ---
     device: str = opt("auto", "cpu, cuda or auto (cuda when available).", "run,search", choices=("auto", "cpu", "cuda"))
-    amp: str = opt("auto", "Mixed precision: bf16, fp16, off, or auto (bf16 on CUDA when supported, off on CPU).",
+    amp: str = opt("auto", "Mixed precision: bf16, fp16, off, or auto (bf16 on CUDA when supported, off on CPU). "
+                   "Training only: evaluation, validation and search run in float32 unless --amp is given to them.",
                    "run,search", choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = opt(False, "Use channels-last memory format for the backbone.", "run")
     compile: bool = opt(False, "torch.compile the model.", "train")

@@ -21,6 +21,9 @@ def main(argv=None) -> None:
     if not explicit.get("ckpt"):
         parser.error("--ckpt PATH is required")
     trained = load_trained(explicit["ckpt"], explicit)
+    if trained.amp_dtype is not None:
+        print(f"note: --amp {explicit['amp']}: images are embedded under autocast; recalls may differ in the last "
+              f"digits from the default float32 evaluation")
     extra = {}
     if trained.cfg.profile:
         extra["profile"] = profile_model(trained.model, trained.cfg, trained.device)

@@ -22,6 +22,7 @@ from utils.distributed import DistInfo
 from utils.io import atomic_write, atomic_write_json
 
 TOPK = 50
+ALWAYS_REPORTED = (1, 5, 10, 50)  # recall cut-offs in metrics.json for every dataset, besides the published ones
 
 
 @dataclass
@@ -30,7 +31,7 @@ class EvalResult:
     split: str
     recall_ks: tuple[int, ...]               # the dataset's published cut-offs
     per_category: dict[str, dict]            # category -> {"R@K": %, "n_queries", "gallery_size"}
-    overall: dict[str, float]                # "R@K" averaged over categories (+ the summary metric)
+    overall: dict[str, float]                # "R@K" averaged over categories, the summary metric, queries_with_ties
     overlap: dict[str, float]                # grain -> mean shared attention mass
     rankings: list[dict] = field(default_factory=list)
 
@@ -50,11 +51,14 @@ class EvalResult:
         for cat, m in self.per_category.items():
             rows.append(f"{cat:<10}" + "".join(f"{m[f'R@{k}']:8.2f}" for k in ks)
                         + f"{m['n_queries']:9d}{m['gallery_size']:9d}")
-        summary = [k for k in self.overall if not k.startswith("R@")]
+        summary = [k for k in self.overall if not k.startswith("R@") and k != "queries_with_ties"]
         if len(self.per_category) > 1 or summary:
             rows.append(f"{'mean':<10}" + "".join(f"{self.overall[f'R@{k}']:8.2f}" for k in ks))
         for name in summary:
             rows.append(f"{name} = {self.overall[name]:.2f}  (mean of the {len(ks) * len(self.per_category)} recalls)")
+        if self.overall.get("queries_with_ties"):
+            rows.append(f"{self.overall['queries_with_ties']} queries have a gallery image tied with their target "
+                        f"(counted in the target's favour)")
         return "\n".join(rows)
 
 
@@ -107,11 +111,13 @@ def evaluate(model, fmt: DatasetFormat, vocab, cfg, split: str, device, dist_inf
     features = embed_split_images(model, fmt, image_ids, cfg, device, dist_info, amp_dtype, progress)
 
     ks = fmt.recall_ks
+    reported = sorted(set(ks) | set(ALWAYS_REPORTED))
     per_category, rankings, overlap_sums, n_total = {}, [], {}, 0
     for s in splits:
         query, result = rank_split(model, vocab, s, s.queries, features, position, cfg, device)
-        per_category[s.category] = {**recall_at(result.ranks, ks), "n_queries": len(s.queries),
-                                    "gallery_size": len(s.gallery)}
+        per_category[s.category] = {**recall_at(result.ranks, reported), "n_queries": len(s.queries),
+                                    "gallery_size": len(s.gallery),
+                                    "queries_with_ties": int((result.ties > 0).sum())}
         for grain, value in model.attention_overlap(query).items():
             overlap_sums[grain] = overlap_sums.get(grain, 0.0) + float(value.sum())
         n_total += len(s.queries)
@@ -121,9 +127,10 @@ def evaluate(model, fmt: DatasetFormat, vocab, cfg, split: str, device, dist_inf
                 rankings.append({"query": len(rankings), "category": s.category, "reference": q.reference,
                                  "text": q.text, "targets": q.targets, "ranking": [s.gallery[j] for j in top[n]]})
 
-    overall = {f"R@{k}": sum(m[f"R@{k}"] for m in per_category.values()) / len(per_category) for k in ks}
+    overall = {f"R@{k}": sum(m[f"R@{k}"] for m in per_category.values()) / len(per_category) for k in reported}
     if fmt.summary_metric:
-        overall[fmt.summary_metric] = sum(overall.values()) / len(overall)
+        overall[fmt.summary_metric] = sum(overall[f"R@{k}"] for k in ks) / len(ks)
+    overall["queries_with_ties"] = sum(m["queries_with_ties"] for m in per_category.values())
     overlap = {g: v / n_total for g, v in overlap_sums.items()}
     model.train(was_training)
     return EvalResult(fmt.name, split, ks, per_category, overall, overlap, rankings)

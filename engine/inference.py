@@ -36,7 +36,8 @@ class Trained:
 def load_trained(checkpoint_path: str | Path, explicit: dict | None = None) -> Trained:
     """Rebuild model, config and vocabulary from a checkpoint alone.
 
-    `explicit` holds command-line overrides (data_root, device, split, ...)."""
+    `explicit` holds command-line overrides (data_root, device, split, ...). Inference runs in float32
+    unless `explicit` names --amp, whatever precision the model was trained in."""
     checkpoint = load_checkpoint(checkpoint_path)
     overrides = {k: v for k, v in (explicit or {}).items() if k not in ("ckpt", "resume")}
     cfg = resolve(overrides, base=checkpoint["config"])
@@ -45,7 +46,9 @@ def load_trained(checkpoint_path: str | Path, explicit: dict | None = None) -> T
     # the weights come from the checkpoint: no ImageNet file or GloVe needed
     model = build_model(replace(cfg, backbone_weights="none", glove_path=""), len(vocab))
     model.load_state_dict(strip_ddp_prefix(checkpoint["model"]))
-    return Trained(model.to(device).eval(), cfg, vocab, device, amp_dtype(cfg.amp, device))
+    # float32 unless the caller asks: recalls then do not move with the GPU's autocast
+    precision = amp_dtype((explicit or {}).get("amp", "off"), device)
+    return Trained(model.to(device).eval(), cfg, vocab, device, precision)
 
 
 @dataclass

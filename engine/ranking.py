@@ -5,7 +5,9 @@ at a time, so memory is bounded by query_chunk x gallery_chunk, never queries x 
 
 A query's rank is the number of gallery items scoring strictly higher than its best correct
 target, its reference image excluded; a tie with the target does not count against it, and
-rank 0 is a hit at R@1. Conventions:
+rank 0 is a hit at R@1 (the ARTEMIS release leaves ties to its sort order; `ties` counts, per
+query, the other gallery items scoring exactly the target's score, so a reader can see whether
+the rule matters). Conventions:
 - references[i] == -1: the reference is not in the gallery (nothing is excluded).
 - targets[i] may list several correct gallery indices (Fashion200k). Negative entries and the
   reference itself are ignored; a query left with no correct target in the gallery is a miss:
@@ -39,6 +41,7 @@ class RankResult:
     ranks: torch.Tensor  # (Q,) long: gallery items scoring strictly higher than the best target
     topk_index: torch.Tensor  # (Q, k) long: gallery indices, best first, reference excluded
     topk_score: torch.Tensor  # (Q, k)
+    ties: torch.Tensor  # (Q,) long: other gallery items scoring exactly the best target's score (not counted in ranks)
 
 
 def _chunks(n, size):
@@ -128,7 +131,7 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
     k = max(0, min(topk, n_gallery - 1 if any(r >= 0 for r in references) else n_gallery))
     if n_queries == 0:
         return RankResult(torch.empty(0, dtype=torch.long), torch.empty(0, k, dtype=torch.long),
-                          torch.empty(0, k))
+                          torch.empty(0, k), torch.empty(0, dtype=torch.long))
 
     probe = score_fn(slice(0, 1), slice(0, 1))
     device, dtype = probe.device, probe.dtype
@@ -137,13 +140,14 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
     if mode == "auto":
         mode = "pass" if len(g_chunks) == 1 or device.type != "cpu" else "direct"
 
-    ranks, top_index, top_score = [], [], []
+    ranks, top_index, top_score, ties = [], [], [], []
     above = None  # (query chunk, gallery chunk) float32 buffer for the "scores above best" count
     for qs in tqdm(_chunks(n_queries, query_chunk), desc="ranking", disable=not progress):
         chunk = _Chunk.build(qs, correct, references, device)
         best, cached = _best_target_scores(score_fn, chunk, g_chunks, mode, dtype, device)
         nq = qs.stop - qs.start
         count = torch.zeros(nq, dtype=torch.long, device=device)
+        tied = torch.zeros(nq, dtype=torch.long, device=device)
         run_score = torch.empty(nq, 0, dtype=dtype, device=device)
         run_index = torch.empty(nq, 0, dtype=torch.long, device=device)
         # Each block is released before the next is scored, so that the allocator can hand its
@@ -161,17 +165,21 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
             if above is None or above.shape != block.shape:
                 above = torch.empty(block.shape, dtype=torch.float32, device=device)
             count += torch.gt(block, best[:, None], out=above).sum(1).long()
+            tied += torch.eq(block, best[:, None], out=above).sum(1).long()
             sel = chunk.in_block(gs)
             r = chunk.rows[sel]
-            count.scatter_add_(0, r, -(block[r, chunk.cols[sel] - gs.start] > best[r]).long())
+            own = block[r, chunk.cols[sel] - gs.start]
+            count.scatter_add_(0, r, -(own > best[r]).long())
+            tied.scatter_add_(0, r, -(own == best[r]).long())
             if k:
                 run_score, run_index = _merge_topk(block, gs, chunk.ref_col, k, run_score, run_index)
         block = None
         has_target = torch.tensor([len(correct[i]) > 0 for i in range(qs.start, qs.stop)], device=device)
         ranks.append(torch.where(has_target, count, n_gallery).cpu())
+        ties.append(torch.where(has_target, tied, 0).cpu())
         top_index.append(run_index.cpu())
         top_score.append(run_score.cpu())
-    return RankResult(torch.cat(ranks), torch.cat(top_index), torch.cat(top_score))
+    return RankResult(torch.cat(ranks), torch.cat(top_index), torch.cat(top_score), torch.cat(ties))
 
 
 def _merge_topk(block, gs: slice, ref_col, k: int, run_score, run_index):

@@ -121,13 +121,7 @@ def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, wri
             log.info(f"stage {stage.number} already finished ({stage.epochs} epochs)")
             return
     elif stage.number == 2:
-        start = Path(cfg.ckpt) if cfg.ckpt else run_dir / "stage1" / "best.pt"
-        if not start.is_file():
-            raise FileNotFoundError(f"stage 2 starts from a stage-1 checkpoint, but {start} does not exist; "
-                                    f"train stage 1 first (same --exp_name, without --img_finetune/--txt_finetune), "
-                                    f"pass --ckpt PATH, or use --two_stage")
-        trainer.load_weights(load_checkpoint(start, trainer.device), str(start))
-        log.info(f"stage 2 starts from {start}")
+        start_stage2(trainer, cfg, run_dir)
     elif cfg.ckpt:
         trainer.load_weights(load_checkpoint(cfg.ckpt, trainer.device), cfg.ckpt)
 
@@ -139,6 +133,28 @@ def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, wri
                         f"plus --resume auto, or `python train.py --output_dir {cfg.output_dir} --exp_name "
                         f"{cfg.exp_name} --resume auto` (the other settings are read from {run_dir / 'config.json'})")
             raise SystemExit(130) from None
+    if stage.number == 2 and not (stage.folder / "best.pt").exists() and (run_dir / "stage1" / "best.pt").is_file():
+        # the carried-over best score was never beaten: the run's best model is stage 1's
+        best = run_dir / "stage1" / "best.pt"
+        atomic_write(stage.folder / "best.pt", lambda f: f.write(best.read_bytes()), binary=True)
+        log.info(f"stage 2 did not beat the stage-1 best score ({trainer.best_score:.2f}); "
+                 f"{stage.folder / 'best.pt'} is a copy of {best}")
+
+
+def start_stage2(trainer: Trainer, cfg: Config, run_dir: Path) -> None:
+    """Stage 2 starts from --ckpt, else from stage 1's last.pt (--stage2_start continue) or best.pt (best)."""
+    continuing = cfg.stage2_start == "continue"
+    start = Path(cfg.ckpt) if cfg.ckpt else run_dir / "stage1" / ("last.pt" if continuing else "best.pt")
+    if not start.is_file():
+        raise FileNotFoundError(f"stage 2 starts from a stage-1 checkpoint, but {start} does not exist; "
+                                f"train stage 1 first (same --exp_name, without --img_finetune/--txt_finetune), "
+                                f"pass --ckpt PATH, or use --two_stage")
+    checkpoint = load_checkpoint(start, trainer.device)
+    if continuing:
+        trainer.continue_from(checkpoint, str(start))
+    else:
+        trainer.load_weights(checkpoint, str(start))
+        log.info(f"stage 2 starts from the weights of {start} with a fresh optimizer")
 
 
 @contextlib.contextmanager

@@ -164,8 +164,9 @@ class Trainer:
         log.info(f"stage {stage.number}: model {cfg.model}/{cfg.backbone}, grains {cfg.grains}; "
                  f"{trainable:,} trainable of {total:,} parameters; device {self.device}"
                  f"{', amp ' + str(self.amp_dtype).split('.')[-1] if self.amp_dtype else ''}")
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # Every parameter, frozen ones too (AdamW skips those without a gradient), as the ARTEMIS
+        # release does: stage 2 can then continue with stage 1's optimizer state.
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, stage.step_lr, cfg.lr_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         forward: torch.nn.Module = self.model   # Retriever.forward: one step's (query, targets)
@@ -190,6 +191,19 @@ class Trainer:
         except RuntimeError as e:  # a setting check_compatible does not compare
             raise CheckpointError(f"{source}: its weights do not fit this model ({str(e).splitlines()[0][:200]} ...); "
                                   f"use the model flags of the checkpoint's config, or another checkpoint") from None
+
+    def continue_from(self, checkpoint: dict, source: str) -> None:
+        """Stage 2 as the ARTEMIS release starts it: stage 1's weights, optimizer state (so its decayed
+        learning rate) and best validation score; the epoch count starts again."""
+        self.load_weights(checkpoint, source)
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{source}: its optimizer state does not fit this model's parameters ({e}); pass "
+                                  f"--stage2_start best to start stage 2 from its weights with a fresh optimizer") from None
+        self.best_score = checkpoint["best_score"]
+        log.info(f"stage 2 continues {source}: learning rate {self.optimizer.param_groups[0]['lr']:.3g}, "
+                 f"best score so far {self.best_score:.2f}")
 
     def restore(self, checkpoint: dict, source: str) -> None:
         """Continue exactly where `checkpoint` stopped."""
@@ -343,8 +357,9 @@ class Trainer:
         self.flush(pending, step_log)
 
     def validate(self) -> EvalResult:
+        # in float32, as evaluate.py: the selection score does not move with the training precision
         result = evaluate(self.model, self.fmt, self.vocab, self.cfg, "val", self.device, self.dist,
-                          self.amp_dtype, keep_rankings=False, progress=True)
+                          amp_dtype=None, keep_rankings=False, progress=True)
         if self.dist.is_main:
             number = self.stage.number
             log.info(f"stage {number} epoch {self.epoch} validation:\n{result.table()}")
@@ -360,11 +375,13 @@ class Trainer:
         return result
 
     def end_of_epoch(self) -> None:
-        # without validation the latest epoch counts as best
-        score = self.validate().score if self.cfg.validate else -float(self.epoch)
-        improved = score > self.best_score
-        if improved:
-            self.best_score = score
+        if self.cfg.validate:
+            score = self.validate().score
+            improved = score > self.best_score
+            if improved:
+                self.best_score = score
+        else:
+            improved = True  # without validation the latest epoch counts as best
         self.save("last.pt")
         if improved:
             self.save("best.pt")

@@ -168,10 +168,12 @@ class ARTEMIS(AttentionRetriever):
 
 
 class EMOnly(AttentionRetriever):
-    """Only the modified-part score s_mod (text-explicit matching)."""
+    """Only the modified-part score s_mod (text-explicit matching); the release's ablation, at the coarse grain."""
     has_preserved = False
+    preset = {"grains": "coarse", "lambda_me": 0.0}
 
 
 class ISOnly(AttentionRetriever):
-    """Only the preserved-part score s_pre (implicit similarity)."""
+    """Only the preserved-part score s_pre (implicit similarity); the release's ablation, at the coarse grain."""
+    preset = {"grains": "coarse", "lambda_me": 0.0}
     has_modified = False

@@ -77,7 +77,8 @@ class Retriever(nn.Module):
         self.grains = list(grains or cfg.grain_list)
         self.embed_dim = cfg.embed_dim
         self.image_encoder = ImageEncoder(cfg.backbone, cfg.backbone_weights, self.grains, cfg.embed_dim, cfg.gem_p,
-                                          cfg.fpn_smooth)
+                                          cfg.fpn_smooth, cfg.frozen_bn_stats)
+        self.separate_backbone_passes = cfg.separate_backbone_passes
         self.text_encoder = TextEncoder(vocab_size, cfg.word_dim, cfg.embed_dim, cfg.glove_path,
                                         vocab_words, glove_cache)
         self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature_init)))
@@ -93,11 +94,16 @@ class Retriever(nn.Module):
         return self.text_encoder(tokens, lengths)
 
     def forward(self, reference_images: Tensor, target_images: Tensor, tokens: Tensor, lengths: Tensor):
-        """One training step's embeddings: (query, targets), one backbone pass for both image sets."""
-        features = self.encode_images(torch.cat([reference_images, target_images]))
-        n = reference_images.shape[0]
-        query = self.compose({g: x[:n] for g, x in features.items()}, self.encode_texts(tokens, lengths))
-        return query, {g: x[n:] for g, x in features.items()}
+        """One training step's embeddings: (query, targets), by default one backbone pass for both image sets
+        (two with separate_backbone_passes, as the ARTEMIS release: BatchNorm then normalises each set alone)."""
+        if self.separate_backbone_passes:
+            reference, target = self.encode_images(reference_images), self.encode_images(target_images)
+        else:
+            features = self.encode_images(torch.cat([reference_images, target_images]))
+            n = reference_images.shape[0]
+            reference = {g: x[:n] for g, x in features.items()}
+            target = {g: x[n:] for g, x in features.items()}
+        return self.compose(reference, self.encode_texts(tokens, lengths)), target
 
     # --- composition and scoring (variants) ---------------------------------------------------------
     def compose(self, reference: dict[str, Tensor], text: Tensor) -> ComposedQuery:

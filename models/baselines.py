@@ -17,6 +17,9 @@ class EmbeddingQuery(ComposedQuery):
 
 
 class EmbeddingRetriever(Retriever):
+    # the release's baselines use the global (coarse) embedding; --grains coarse,mid,fine makes them multi-grained
+    preset = {"grains": "coarse"}
+
     def combine(self, grain: str, reference: Tensor, text: Tensor) -> Tensor:
         """The (Q, d) L2-normalised query vector of one grain."""
         raise NotImplementedError
@@ -30,12 +33,14 @@ class EmbeddingRetriever(Retriever):
 
 
 class GatedResidual(nn.Module):
-    """TIRG's composition: w_gate · sigmoid(MLP_gate([r, m])) ⊙ r + w_res · MLP_res([r, m])."""
+    """TIRG's composition as the ARTEMIS release builds it: w_gate · sigmoid(gate([r, m])) ⊙ r + w_res · res([r, m]),
+    gate = BN(2d) → ReLU → Linear(2d, d), res = BN(2d) → ReLU → Linear(2d, 2d) → ReLU → Linear(2d, d), w = (1, 1)."""
 
     def __init__(self, d: int):
         super().__init__()
-        self.gate = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(inplace=True), nn.Linear(d, d))
-        self.residual = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(inplace=True), nn.Linear(d, d))
+        self.gate = nn.Sequential(nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+        self.residual = nn.Sequential(nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, 2 * d), nn.ReLU(),
+                                      nn.Linear(2 * d, d))
         self.weights = nn.Parameter(torch.ones(2))
 
     def forward(self, reference: Tensor, text: Tensor) -> Tensor:

@@ -65,14 +65,15 @@ def gem(x: Tensor, p: float, eps: float = 1e-6) -> Tensor:
 
 class ImageEncoder(nn.Module):
     def __init__(self, backbone: str, weights: str, grains: list[str], embed_dim: int, gem_p: float = 3.0,
-                 smooth: str = "depthwise"):
+                 smooth: str = "full", frozen_bn_stats: bool = True):
         super().__init__()
         self.grains, self.gem_p, self.finetune = list(grains), gem_p, False
+        self.frozen_bn_stats = frozen_bn_stats
         self.backbone = Backbone(backbone, weights)
         c2, c3, c4 = CHANNELS[backbone]
         depth = max(DEPTH[g] for g in self.grains)
         # A dense 3x3 smoothing conv at C3/C2 width (1024/512 channels for resnet50) costs as much
-        # as the whole backbone at 224 px; the depthwise one keeps the top-down pathway ~free.
+        # as the whole backbone at 224 px; the depthwise one (a speed option) keeps the top-down pathway ~free.
         def smoothing(channels: int) -> nn.Conv2d:
             return nn.Conv2d(channels, channels, 3, padding=1, groups=channels if smooth == "depthwise" else 1)
 
@@ -88,11 +89,12 @@ class ImageEncoder(nn.Module):
         self.finetune = finetune
         for p in self.backbone.parameters():
             p.requires_grad_(finetune)
-        self.backbone.train(self.training and finetune)
+        self.train(self.training)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.backbone.train(mode and self.finetune)  # a frozen backbone stays in eval mode
+        # a frozen backbone stays in eval mode, its BatchNorm statistics fixed, unless asked otherwise
+        self.backbone.train(mode and (self.finetune or not self.frozen_bn_stats))
         return self
 
     def feature_maps(self, images: Tensor) -> dict[str, Tensor]:

@@ -226,7 +226,7 @@ def log_retrieval_figure(writer, tag: str, step: int, model, fmt, vocab, cfg, de
 def validation_figure(writer, tag: str, step: int, trainer) -> None:
     """engine.trainer's validation hook: the retrieval figure of the model being trained."""
     log_retrieval_figure(writer, f"{tag}/retrievals", step, trainer.model, trainer.fmt, trainer.vocab, trainer.cfg,
-                         trainer.device, amp_dtype=trainer.amp_dtype)
+                         trainer.device)
 
 
 # ----------------------------------------------------------------------------- attention maps
