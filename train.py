@@ -2,11 +2,11 @@
 
 Examples:
   python train.py --dataset fashioniq --exp_name fiq                       # stage 1
-  python train.py --dataset fashioniq --exp_name fiq --img_finetune --txt_finetune   # stage 2 from stage1/best.pt
+  python train.py --dataset fashioniq --exp_name fiq --img_finetune --txt_finetune   # stage 2: continues stage1/last.pt
   python train.py --dataset fashioniq --exp_name fiq --two_stage          # both
   python train.py ... --resume auto                                        # continue a run that died
 
-Per-dataset presets (config.PRESETS, the ARTEMIS release recipe) override the defaults shown
+Per-dataset presets (config.PRESETS, what the ARTEMIS release code does) override the defaults shown
 below: e.g. Fashion200k trains resnet18 with batch 128 and 100 stage-2 epochs.
 """
 import sys
