@@ -1,5 +1,7 @@
 # Quick start:  make demo   (synthetic data -> vocabulary -> stage 1 -> stage 2 -> evaluation -> figure)
-#               make test   (the test suite; what CI runs)
+#               make test   (the test suite; what CI runs, after make lint)
+#               make test-fast  (the suite without the tests marked slow: well under a minute)
+#               make lint   (ruff, configured in pyproject.toml)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,24 +11,30 @@ DEMO_FLAGS := --dataset fashioniq --data_root $(DEMO)/data --vocab_dir $(DEMO)/v
 	--exp_name quickstart --backbone resnet18 --backbone_weights none --crop_size 64 --batch_size 32 \
 	--num_workers 2 --device cpu
 
-.PHONY: demo test venv clean-demo bench
+.PHONY: demo test test-fast lint venv clean-demo bench
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
 demo: venv
 	$(PY) -m data.synthetic --out $(DEMO)/data --dataset fashioniq --size 64 --seed 0
 	$(PY) vocab.py --dataset fashioniq --data_root $(DEMO)/data --vocab_dir $(DEMO)/vocab
-	$(PY) train.py $(DEMO_FLAGS) --two_stage --num_epochs 4 --step_lr 2 --finetune_epochs 2 --finetune_step_lr 1
+	$(PY) train.py $(DEMO_FLAGS) --two_stage --num_epochs 4 --step_lr 2 --finetune_epochs 2 --finetune_step_lr 1 --overwrite
 	$(PY) evaluate.py --ckpt $(DEMO)/runs/quickstart/stage2/best.pt --data_root $(DEMO)/data --device cpu
 	$(PY) visualize.py retrievals --ckpt $(DEMO)/runs/quickstart/stage2/best.pt --data_root $(DEMO)/data \
 		--device cpu --n 4 --k 8 --out $(DEMO)/retrievals.png
 
 test: venv
 	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: venv
+	$(PY) -m ruff check .
 
 bench: venv
 	$(PY) benchmarks/bench_scoring.py

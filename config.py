@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,12 +18,29 @@ from typing import Any
 
 from data.formats import FORMATS
 from models import GRAINS, VARIANTS
-from utils.io import atomic_write_text
+from utils.errors import UserError
+from utils.io import atomic_write_text, read_json
+
+FIELD_TYPES = {"bool": bool, "int": int, "float": (int, float), "str": str}
+TYPE_NAMES = {bool: "true or false", int: "a whole number", (int, float): "a number", str: "a string"}
 
 
-def opt(default, help: str, groups: str = "train", choices=None, **kw):
-    """A config field with its --help text and the entry points that expose it."""
-    meta = {"help": help, "groups": set(groups.split(",")), "choices": choices}
+def at_least(low):
+    return lambda v: None if v >= low else "must be positive" if low == 1 else f"must be at least {low}"
+
+
+def positive(v):
+    return None if v > 0 else "must be positive"
+
+
+def between(low, high):
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
+
+
+def opt(default, help: str, groups: str = "train", choices=None, check=None):
+    """A config field with its --help text, the entry points that expose it, and its range check
+    (a function of the value returning what is wrong, or None)."""
+    meta = {"help": help, "groups": set(groups.split(",")), "choices": choices, "check": check}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -38,9 +56,12 @@ class Config:
                          "Folder holding one folder per dataset in the ARTEMIS release layout "
                          "($MANME_DATA_ROOT when set).", "data,vocab")
     vocab_dir: str = opt("./vocab", "Where vocab.py writes, and train.py reads, <dataset>_vocab.json.", "data,vocab")
-    categories: str = opt("dress,shirt,toptee", "FashionIQ categories, comma-separated (ignored for other datasets).", "data,eval,vocab")
-    crop_size: int = opt(224, "Image crop size in pixels; images are resized to crop_size*256/224 first.", "data,model")
-    num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search")
+    categories: str = opt("dress,shirt,toptee", "FashionIQ categories, comma-separated (ignored for other datasets).",
+                          "data,eval,vocab")
+    crop_size: int = opt(224, "Image crop size in pixels; images are resized to crop_size*256/224 first.",
+                         "data,model", check=at_least(32))
+    num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search",
+                           check=at_least(0))
     # --- model ---
     model: str = opt("manme", "Model variant (MANME.md §4, variants).", "model", choices=tuple(VARIANTS))
     backbone: str = opt("resnet50", "Image backbone.", "model", choices=("resnet50", "resnet18"))
@@ -48,26 +69,30 @@ class Config:
                                 "ImageNet state dict for the backbone: a PATH, 'default' (torchvision's cache: "
                                 "$TORCH_HOME/hub/checkpoints/<arch>-<hash>.pth), or 'none' to train from scratch. "
                                 "Never downloaded.", "model")
-    embed_dim: int = opt(512, "Joint embedding size d.", "model")
-    word_dim: int = opt(300, "Word embedding size.", "model")
-    glove_path: str = opt("", "GloVe text file (glove.*.300d.txt) to initialise word embeddings; empty = random init.", "model")
+    embed_dim: int = opt(512, "Joint embedding size d.", "model", check=at_least(1))
+    word_dim: int = opt(300, "Word embedding size.", "model", check=at_least(1))
+    glove_path: str = opt("", "GloVe text file (glove.*.300d.txt) to initialise word embeddings; empty = random init.",
+                          "model")
     grains: str = opt("coarse,mid,fine", "Granularities to use, comma-separated subset of coarse,mid,fine.", "model")
     share_attention: bool = opt(False, "(ours) Share the compositor block's weights across granularities.", "model")
-    gem_p: float = opt(3.0, "Generalized-mean pooling exponent.", "model")
+    gem_p: float = opt(3.0, "Generalized-mean pooling exponent.", "model", check=positive)
     fpn_smooth: str = opt("full", "3x3 smoothing convs of the top-down pathway: full (dense, as MANME.md §1 specifies; "
                           "as many FLOPs as the resnet50 backbone itself at 224 px) or depthwise (ours: nearly free, "
                           "a speed option).", "model", choices=("full", "depthwise"))
-    frozen_bn_stats: bool = opt(True, "(ours) Stage 1: keep the frozen backbone's BatchNorm statistics fixed (eval mode); "
+    frozen_bn_stats: bool = opt(True, "(ours) Stage 1: keep the frozen backbone's BatchNorm statistics fixed "
+                                "(eval mode); "
                                 "--no-frozen_bn_stats updates them as the ARTEMIS release does.", "model")
     separate_backbone_passes: bool = opt(False, "Embed reference and target images in two backbone passes, as the "
                                          "ARTEMIS release does (BatchNorm batch statistics per image set); default "
                                          "(ours): one pass over both.", "model")
     # --- loss ---
     temperature_init: float = opt(2.65926, "Initial log-temperature kappa (tau = exp(kappa)), learnable.", "model")
-    alpha: float = opt(0.4, "(ours) Mix of the text embedding and its projection in the mutual-exclusion relevance.", "model")
+    alpha: float = opt(0.4, "(ours) Mix of the text embedding and its projection in the mutual-exclusion relevance.",
+                       "model", check=between(0, 1))
     margins: str = opt("0.6,0.4,0.3", "(ours) Mutual-exclusion margins for coarse,mid,fine.", "model")
-    lambda_me: float = opt(1.0, "(ours) Weight of the mutual-exclusion loss (0 disables it).", "model")
-    lambda_ov: float = opt(0.0, "(ours) Weight of the optional overlap regulariser.", "model")
+    lambda_me: float = opt(1.0, "(ours) Weight of the mutual-exclusion loss (0 disables it).", "model",
+                           check=at_least(0))
+    lambda_ov: float = opt(0.0, "(ours) Weight of the optional overlap regulariser.", "model", check=at_least(0))
     # --- training ---
     img_finetune: bool = opt(False, "Stage 2: fine-tune the image backbone.", "train")
     txt_finetune: bool = opt(False, "Stage 2: fine-tune the word embeddings.", "train")
@@ -77,23 +102,30 @@ class Config:
                             "checkpoint, with its optimizer state, decayed learning rate and best score) or best "
                             "(ours: the best stage-1 weights, a fresh optimizer at --lr).", "train",
                             choices=("continue", "best"))
-    num_epochs: int = opt(8, "Stage-1 epochs.", "train")
-    finetune_epochs: int = opt(50, "Stage-2 epochs (used with --two_stage or when fine-tuning).", "train")
-    batch_size: int = opt(32, "Training triplets per optimizer step (per process under torchrun).", "train")
-    lr: float = opt(5e-4, "AdamW learning rate.", "train")
+    num_epochs: int = opt(8, "Stage-1 epochs.", "train", check=at_least(1))
+    finetune_epochs: int = opt(50, "Stage-2 epochs (used with --two_stage or when fine-tuning).", "train",
+                               check=at_least(0))
+    batch_size: int = opt(32, "Training triplets per optimizer step (per process under torchrun).", "train",
+                          check=at_least(1))
+    lr: float = opt(5e-4, "AdamW learning rate.", "train", check=positive)
     weight_decay: float = opt(0.01, "AdamW weight decay (0.01: torch's default, which the ARTEMIS release uses "
-                              "by setting none).", "train")
-    step_lr: int = opt(4, "Halve the learning rate every step_lr epochs (stage 1).", "train")
-    finetune_step_lr: int = opt(10, "Halve the learning rate every finetune_step_lr epochs (stage 2).", "train")
-    lr_decay: float = opt(0.5, "Learning-rate factor applied every step.", "train")
-    seed: int = opt(0, "Random seed (data order, initialisation, augmentation).", "train")
+                              "by setting none).", "train", check=at_least(0))
+    step_lr: int = opt(4, "Halve the learning rate every step_lr epochs (stage 1).", "train", check=at_least(1))
+    finetune_step_lr: int = opt(10, "Halve the learning rate every finetune_step_lr epochs (stage 2).", "train",
+                                check=at_least(1))
+    lr_decay: float = opt(0.5, "Learning-rate factor applied every step.", "train", check=positive)
+    seed: int = opt(0, "Random seed (data order, initialisation, augmentation).", "train", check=at_least(0))
     output_dir: str = opt("./runs", "Runs are written under <output_dir>/<exp_name>/.", "run")
     exp_name: str = opt("default", "Experiment name.", "train")
-    log_every: int = opt(10, "Print/TensorBoard interval in optimizer steps.", "train")
-    save_every_steps: int = opt(0, "Also write last.pt every N optimizer steps (0: only at epoch end).", "train")
+    log_every: int = opt(10, "Print/TensorBoard interval in optimizer steps.", "train", check=at_least(1))
+    save_every_steps: int = opt(0, "Also write last.pt every N optimizer steps (0: only at epoch end).", "train",
+                                check=at_least(0))
     resume: str = opt("", "'auto' (newest good checkpoint of the experiment) or a checkpoint PATH.", "train")
+    overwrite: bool = opt(False, "Start over in an existing run folder: the old run is moved aside to "
+                          "<exp_name>.old-<date-time>/ (never deleted).", "train")
     skip_nonfinite: bool = opt(False, "Skip batches whose loss is NaN/inf instead of stopping.", "train")
-    max_steps: int = opt(0, "Stop each stage after this many optimizer steps (0: no limit; for smoke tests).", "train")
+    max_steps: int = opt(0, "Stop each stage after this many optimizer steps (0: no limit; for smoke tests).", "train",
+                         check=at_least(0))
     validate: bool = opt(True, "Validate after every epoch.", "train")
     val_figure: bool = opt(True, "Add a retrieval figure to TensorBoard at each validation.", "train")
     # --- performance / device ---
@@ -106,9 +138,10 @@ class Config:
     gather_negatives: bool = opt(True, "Under torchrun, use the whole global batch as in-batch negatives.", "train")
     # --- evaluation ---
     split: str = opt("val", "Split to evaluate.", "eval", choices=("val", "test"))
-    eval_batch_size: int = opt(64, "Images per batch when embedding the gallery.", "eval,train,search")
-    eval_chunk: int = opt(1024, "Queries scored per chunk.", "eval,train")
-    gallery_chunk: int = opt(8192, "Gallery images scored per chunk.", "eval,train")
+    eval_batch_size: int = opt(64, "Images per batch when embedding the gallery.", "eval,train,search",
+                               check=at_least(1))
+    eval_chunk: int = opt(1024, "Queries scored per chunk.", "eval,train", check=at_least(1))
+    gallery_chunk: int = opt(8192, "Gallery images scored per chunk.", "eval,train", check=at_least(1))
     profile: bool = opt(False, "evaluate.py: also report trainable/total parameters and GFLOPs per query.", "eval")
 
     # ---- derived views ----
@@ -126,21 +159,34 @@ class Config:
         return [c.strip() for c in self.categories.split(",") if c.strip()]
 
     def validate_values(self) -> None:
-        """Reject impossible settings with a message that names the fix."""
+        """Types and ranges of every field, then the settings that depend on each other; a UserError names
+        the flag (or config.json key) and the fix."""
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            expected = FIELD_TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                raise UserError(f"--{f.name} {value!r}: expected {TYPE_NAMES[expected]}, got {type(value).__name__}")
+            if meta["choices"] and value not in meta["choices"]:
+                raise UserError(f"--{f.name} {value!r}: choose one of {', '.join(meta['choices'])}")
+            problem = meta["check"](value) if meta["check"] else None
+            if problem is None and isinstance(value, float) and not math.isfinite(value):
+                problem = "must be a finite number"
+            if problem:
+                raise UserError(f"--{f.name} {problem}, got {value!r}")
         bad = [g for g in self.grain_list if g not in GRAINS]
         if bad or not self.grain_list:
-            raise ValueError(f"--grains {self.grains!r}: unknown granularity {bad}; use a subset of {','.join(GRAINS)}")
-        if len(self.margins.split(",")) != 3:
-            raise ValueError(f"--margins {self.margins!r}: give three values for coarse,mid,fine")
-        for name in ("num_epochs", "batch_size", "crop_size", "embed_dim", "eval_chunk", "gallery_chunk", "eval_batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.finetune_epochs < 0:
-            raise ValueError(f"--finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
-        if self.step_lr <= 0 or self.finetune_step_lr <= 0:
-            raise ValueError("--step_lr and --finetune_step_lr must be positive")
+            raise UserError(f"--grains {self.grains!r}: unknown granularity {bad}; use a subset of {','.join(GRAINS)}")
+        try:
+            if len(self.margin_list) != 3 or len(self.margins.split(",")) != 3:
+                raise ValueError
+        except ValueError:
+            raise UserError(f"--margins {self.margins!r}: give three numbers for coarse,mid,fine") from None
+        if self.exp_name in ("", ".", "..") or "/" in self.exp_name or "\\" in self.exp_name:
+            raise UserError(f"--exp_name {self.exp_name!r}: give a plain folder name (no path separator, not "
+                            f"empty, not . or ..); the run goes to --output_dir/<exp_name>")
+        if (self.two_stage or self.img_finetune or self.txt_finetune) and self.finetune_epochs < 1:
+            raise UserError(f"--finetune_epochs {self.finetune_epochs}: stage 2 needs at least one epoch; "
+                            f"drop --two_stage/--img_finetune/--txt_finetune to train stage 1 only")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,22 +195,34 @@ class Config:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
+    def from_dict(cls, values: dict[str, Any], source: str = "the configuration") -> Config:
+        """A Config from a mapping (a config.json, a checkpoint's config); an unknown key is an error."""
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: expected a JSON object of settings, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        unknown = sorted(k for k in values if k not in known)
+        if unknown:
+            raise UserError(f"{source}: unknown setting(s) {', '.join(map(str, unknown))}; "
+                            f"`python train.py --help` lists the valid ones")
+        return cls(**values)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Config":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    def load(cls, path: str | Path) -> Config:
+        cfg = cls.from_dict(read_json(path), str(path))
+        cfg.validate_values()
+        return cfg
 
 
 # Per-dataset defaults: the ARTEMIS release recipe (MANME.md §5 (training recipe); its scripts/release_script.sh):
 # stage 1 runs 8 epochs halving every 4; stage 2 runs 50 epochs halving every 10, and
 # Fashion200k uses resnet18, batch 128, and 100 stage-2 epochs halving every 20.
 PRESETS: dict[str, dict[str, Any]] = {
-    "fashioniq": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4, finetune_epochs=50, finetune_step_lr=10),
-    "shoes": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4, finetune_epochs=50, finetune_step_lr=10),
-    "fashion200k": dict(backbone="resnet18", batch_size=128, num_epochs=8, step_lr=4, finetune_epochs=100, finetune_step_lr=20),
+    "fashioniq": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4,
+                      finetune_epochs=50, finetune_step_lr=10),
+    "shoes": dict(backbone="resnet50", batch_size=32, num_epochs=8, step_lr=4,
+                  finetune_epochs=50, finetune_step_lr=10),
+    "fashion200k": dict(backbone="resnet18", batch_size=128, num_epochs=8, step_lr=4,
+                        finetune_epochs=100, finetune_step_lr=20),
 }
 
 
@@ -197,8 +255,9 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in fields(Config)}}
 
 
-def resolve(explicit: dict[str, Any], base: dict[str, Any] | None = None) -> Config:
-    """Field defaults < dataset preset < model preset < `base` (e.g. a checkpoint's config) < explicit flags."""
+def resolve(explicit: dict[str, Any], base: dict[str, Any] | None = None, source: str = "the configuration") -> Config:
+    """Field defaults < dataset preset < model preset < `base` (e.g. a checkpoint's config) < explicit flags.
+    `source` names `base` in errors (a config.json, a checkpoint)."""
     values: dict[str, Any] = {}
     merged = {**(base or {}), **explicit}
     dataset = merged.get("dataset", Config.dataset)
@@ -207,7 +266,7 @@ def resolve(explicit: dict[str, Any], base: dict[str, Any] | None = None) -> Con
         variant = VARIANTS.get(merged.get("model", Config.model))
         values.update(variant.preset if variant else {})
     values.update(merged)
-    cfg = Config.from_dict(values)
+    cfg = Config.from_dict(values, source)
     cfg.validate_values()
     return cfg
 

@@ -6,12 +6,18 @@ checkpoint, in eval_<split>/).
 
   python evaluate.py --ckpt runs/fiq/stage2/best.pt --split val --data_root datasets
 """
-import sys
+import signal
 
 from config import build_parser, given_flags
 from engine.evaluation import evaluate_trained
 from engine.inference import load_trained
 from tools.profile import format_profile, profile_model
+from utils.errors import run_command
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    # an exception unwinds the evaluation, so the output folder it created is removed
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> None:
@@ -20,6 +26,7 @@ def main(argv=None) -> None:
     explicit = given_flags(args)
     if not explicit.get("ckpt"):
         parser.error("--ckpt PATH is required")
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     trained = load_trained(explicit["ckpt"], explicit)
     if trained.amp_dtype is not None:
         print(f"note: --amp {explicit['amp']}: images are embedded under autocast; recalls may differ in the last "
@@ -37,7 +44,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, PermissionError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_command(main)

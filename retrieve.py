@@ -20,7 +20,8 @@ from config import build_parser, given_flags
 from engine.inference import load_trained
 from tools.figures import RetrievalRow, draw_retrievals, save_png
 from tools.search_index import build_index, check_checkpoint, load_index, save_index, search
-
+from utils.errors import run_command
+from utils.io import check_output_file
 
 COMMANDS = {"index": "Embed a folder of images.", "query": "Query an index."}
 
@@ -44,6 +45,7 @@ def parser_for(command: str):
 
 
 def run_index(args) -> None:
+    check_output_file(args.out, "--out")
     trained = load_trained(args.ckpt, given_flags(args))
     cfg, device = trained.cfg, trained.device
     print(f"indexing {args.images} with {args.ckpt} ({cfg.model}, {cfg.crop_size} px) on {device}")
@@ -64,6 +66,8 @@ def run_query(args) -> None:
         raise ValueError("--k must be at least 1")
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"{args.image}: reference image not found (--image)")
+    if args.png:
+        check_output_file(args.png, "--png")
     index = load_index(args.index)
     ckpt = args.ckpt or index.checkpoint["path"]
     if not Path(ckpt).is_file():
@@ -82,7 +86,7 @@ def run_query(args) -> None:
         print(f"{score:8.4f}  {path}")
     if args.png:
         save_png(draw_retrievals([RetrievalRow(Path(args.image), args.text, result.paths, result.scores)],
-                                 title=f"{trained.cfg.model} · {Path(index.root).name}"), args.png)
+                                 title=f"{trained.cfg.model} · {Path(index.root).name}", upright=True), args.png)
         print(f"wrote {args.png}", file=sys.stderr)
 
 
@@ -98,7 +102,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, PermissionError, RuntimeError, OSError) as e:
-        sys.exit(f"error: {e}")
+    run_command(main)

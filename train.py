@@ -9,22 +9,19 @@ Examples:
 Per-dataset presets (config.PRESETS, what the ARTEMIS release code does) override the defaults shown
 below: e.g. Fashion200k trains resnet18 with batch 128 and 100 stage-2 epochs.
 """
-import sys
 
-from config import build_parser, given_flags, resolve
-from engine.run import resume_config, train
+from config import build_parser, given_flags
+from engine.run import resolve_run_config, train
 from tools.figures import validation_figure
+from utils.errors import run_command
 
 
 def main(argv=None) -> None:
     args = build_parser("data,model,train,eval,run", __doc__).parse_args(argv)
     explicit = given_flags(args)
-    cfg = resolve(explicit, base=resume_config(explicit))
+    cfg = resolve_run_config(explicit)
     train(cfg, validation_hook=validation_figure if cfg.val_figure else None)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, PermissionError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_command(main)

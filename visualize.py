@@ -16,6 +16,8 @@ from config import build_parser, given_flags
 from data.formats import open_dataset
 from engine.inference import load_trained
 from tools.figures import attention_figure, retrieval_figure, save_png
+from utils.errors import run_command
+from utils.io import check_output_file
 
 COMMANDS = ("retrievals", "attention")
 
@@ -30,7 +32,8 @@ def parser_for(command: str):
     parser.add_argument("--width", type=int, default=1000, help="figure width in pixels")
     parser.add_argument("--title", default="", help="title line (default: model, dataset, split)")
     parser.add_argument("--colors", type=int, default=0,
-                        help="store with an adaptive palette of this many colours (<= 256; smaller files); 0: full colour")
+                        help="store with an adaptive palette of this many colours (<= 256; smaller files); "
+                             "0: full colour")
     return parser
 
 
@@ -50,6 +53,7 @@ def main(argv=None) -> None:
     if args.n < 1 or getattr(args, "k", 1) < 1:
         parser.error("--n and --k must be at least 1")
 
+    check_output_file(args.out, "--out")
     trained = load_trained(explicit["ckpt"], explicit)
     model, cfg, vocab, device = trained.model, trained.cfg, trained.vocab, trained.device
     fmt = open_dataset(cfg)
@@ -69,7 +73,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, PermissionError, RuntimeError, OSError) as e:
-        sys.exit(f"error: {e}")
+    run_command(main)

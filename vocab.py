@@ -4,26 +4,27 @@
 """
 from __future__ import annotations
 
-import sys
-
 from config import parse_config
 from data.formats import build_vocabulary
 from data.text import vocabulary_path
+from utils.errors import command_status, run_command
+from utils.io import check_output_file
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one `error: ...` line for bad input."""
+    return command_status(build, argv)
+
+
+def build(argv: list[str] | None) -> None:
     cfg = parse_config("vocab", "Build the vocabulary from the training captions of --dataset.", argv)
-    try:
-        vocab = build_vocabulary(cfg)
-    except (FileNotFoundError, ValueError) as e:  # data-layout problems: the message names the fix
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     path = vocabulary_path(cfg)
+    check_output_file(path, "--vocab_dir")
+    vocab = build_vocabulary(cfg)
     vocab.save(path)
     print(f"Vocabulary size: {vocab.words_count} words")
     print(f"Wrote {path} ({len(vocab)} tokens with the special ones)")
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main)

@@ -73,7 +73,8 @@ def main() -> None:
             results[workers] = throughput(dataset, args.batch, workers, args.batches, pin)
             print(f"{workers:3d} workers: {results[workers]:8.1f} triplets/s ({2 * results[workers]:8.1f} images/s)")
     best = max(results, key=results.get)
-    print(f"RESULT data {results[best]:.1f} triplets/s with {best} workers, {results[best] / results[min(results)]:.2f}x "
+    speedup = results[best] / results[min(results)]
+    print(f"RESULT data {results[best]:.1f} triplets/s with {best} workers, {speedup:.2f}x "
           f"over {min(results)} workers")
 
 

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.products import pairwise_dot  # noqa: E402
 from engine.ranking import rank_queries  # noqa: E402
+from models.products import pairwise_dot  # noqa: E402
 
 FASHIONIQ_VAL = [("dress", 4034, 3817), ("shirt", 4076, 6346), ("toptee", 3922, 5373)]
 

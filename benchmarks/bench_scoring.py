@@ -70,8 +70,12 @@ class BroadcastScorer:
 
 def make_inputs(b, d, device, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    unit = lambda: F.normalize(torch.randn(b, d, generator=gen), dim=-1)
-    attention = lambda: torch.softmax(3 * torch.randn(b, d, generator=gen), dim=-1)
+    def unit():
+        return F.normalize(torch.randn(b, d, generator=gen), dim=-1)
+
+    def attention():
+        return torch.softmax(3 * torch.randn(b, d, generator=gen), dim=-1)
+
     leaves = {"text": unit(), "projection": unit(),
               **{f"reference/{g}": unit() for g in GRAINS}, **{f"target/{g}": unit() for g in GRAINS},
               **{f"mod/{g}": attention() for g in GRAINS}, **{f"pre/{g}": attention() for g in GRAINS}}
@@ -146,7 +150,8 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, default=7, help="timing rounds: one broadcast step and 10 matmul steps each")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="timing rounds: one broadcast step and 10 matmul steps each")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (0: torch's default). 1 by default: see the module docstring")
     args = parser.parse_args()
@@ -170,7 +175,8 @@ def main():
     m_ours = peak_bytes(model, loss_fn, x, device)
     m_naive = peak_bytes(broadcast, loss_fn, x, device)
 
-    print(f"device {device}, threads {torch.get_num_threads()}, B={args.batch}, d={args.dim}, grains {','.join(GRAINS)}; "
+    print(f"device {device}, threads {torch.get_num_threads()}, B={args.batch}, d={args.dim}, "
+          f"grains {','.join(GRAINS)}; "
           f"loss {float(ours_loss):.4f} (both)")
     print(f"{'':10}{'time/step':>12}{'peak memory':>14}")
     print(f"{'matmul':10}{t_ours * 1e3:10.2f}ms{m_ours / 2**20:11.2f}MiB")

@@ -115,7 +115,8 @@ def main() -> None:
           f"amp {str(dtype).split('.')[-1] if dtype else 'off'}{', channels_last' if args.channels_last else ''}"
           f"{', compiled' if args.compile else ''}")
     print(f"full training step: {step_s * 1e3:8.1f} ms  ({args.batch / step_s:8.1f} triplets/s)")
-    print(f"backbone alone    : {trunk_s * 1e3:8.1f} ms  ({2 * args.batch / trunk_s:8.1f} images/s, fwd{'+bwd' if finetune else ''})")
+    passes = "fwd+bwd" if finetune else "fwd"
+    print(f"backbone alone    : {trunk_s * 1e3:8.1f} ms  ({2 * args.batch / trunk_s:8.1f} images/s, {passes})")
     print(f"RESULT train_overhead {100 * max(0.0, 1 - trunk_s / step_s):.1f}%")
 
 

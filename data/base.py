@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.errors import UserError
+
 
 @dataclass(frozen=True)
 class Triplet:
@@ -69,6 +71,39 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def json_entries(data, path: Path) -> list[dict]:
+    """An annotation file's entries: a JSON list of objects, or a UserError naming the file and entry."""
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of annotation objects, got {type(data).__name__}")
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise UserError(f"{path} entry {i}: expected an object, got {type(entry).__name__} {entry!r:.60}")
+    return data
+
+
+def text_field(entry: dict, names: tuple[str, ...], path: Path, index: int, allow_empty: bool = False) -> str:
+    """The entry's first present field of `names`: a string, non-empty unless `allow_empty` (a caption with no
+    usable word is still a caption; an image name is never empty)."""
+    for name in names:
+        if name in entry:
+            value = entry[name]
+            if not isinstance(value, str) or not (value.strip() or allow_empty):
+                kind = "a string" if allow_empty else "a non-empty string"
+                raise UserError(f"{path} entry {index}: field {name!r} must be {kind}, got {value!r:.60}")
+            return value
+    raise UserError(f"{path} entry {index}: no {' or '.join(repr(n) for n in names)} field")
+
+
+def name_list(data, path: Path) -> list[str]:
+    """An image list file: a JSON list of non-empty strings."""
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of image names, got {type(data).__name__}")
+    for i, name in enumerate(data):
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"{path} entry {i}: expected an image name (a non-empty string), got {name!r:.60}")
+    return data
+
+
 def unique(items) -> list:
     return list(dict.fromkeys(items))
 
@@ -116,5 +151,5 @@ class DatasetFormat(ABC):
 
     def _check_eval_split(self, split: str) -> None:
         if split not in self.eval_split_names:
-            raise ValueError(f"{self.name} has no evaluation split {split!r}; use --split "
+            raise UserError(f"{self.name} has no evaluation split {split!r}; use --split "
                              f"{' or '.join(self.eval_split_names)}")

@@ -18,28 +18,37 @@ from tqdm import tqdm
 from config import build_parser, given_flags, resolve
 from data.base import DatasetFormat
 from data.formats import open_dataset
-from utils.io import atomic_write_text
+from utils.errors import command_status
+from utils.io import atomic_write_text, check_output_file
 
 
 def parser():
-    p = build_parser("data,run", "Report missing and unreadable images of a dataset and the triplets/queries they cost.")
+    p = build_parser("data,run",
+                     "Report missing and unreadable images of a dataset and the triplets/queries they cost.")
     p.add_argument("--write_missing", metavar="FILE", default=None,
                    help="Also write the missing and unreadable image files to FILE (status<TAB>path[<TAB>reason]).")
+    p.add_argument("--allow_missing", action="store_true",
+                   help="Exit with status 0 even when images are missing or unreadable (default: status 1).")
     return p
 
 
-def image_problem(path: Path) -> str | None:
-    """Why the image cannot be used, or None when it opens."""
+EXIF_ORIENTATION = 274  # the EXIF tag of the camera's rotation; 1 is upright
+
+
+def image_problem(path: Path) -> tuple[str | None, bool]:
+    """(why the image cannot be used, or None when it opens; whether it carries an EXIF rotation). Dataset
+    loaders ignore the rotation, as the published pipelines do; the count says how many images that touches."""
     if not path.is_file():
-        return "missing"
+        return "missing", False
     if path.stat().st_size == 0:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes)", False
     try:
         with Image.open(path) as image:
+            rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
             image.verify()
     except Exception as e:  # PIL raises many types for bad files; any of them makes the image unusable
-        return f"{type(e).__name__}: {e}"
-    return None
+        return f"{type(e).__name__}: {e}", False
+    return None, rotated
 
 
 def needs(fmt: DatasetFormat) -> dict[tuple[str, str], list[tuple[list[str], list[str]]]]:
@@ -59,22 +68,29 @@ def _order(key: tuple[str, str]) -> tuple:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 when every listed image opens, 1 when some are missing or unreadable (0 with --allow_missing),
+    2 with one `error: ...` line for bad input."""
+    return command_status(check, argv)
+
+
+def check(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     cfg = resolve(given_flags(args))
-    try:
-        fmt = open_dataset(cfg)
-        lists, items = fmt.image_lists(), needs(fmt)
-    except (FileNotFoundError, ValueError) as e:  # data-layout problems: the message names the fix
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.write_missing:
+        check_output_file(args.write_missing, "--write_missing")
+    fmt = open_dataset(cfg)
+    lists, items = fmt.image_lists(), needs(fmt)
     ids = {i for ids in lists.values() for i in ids}
     ids |= {i for rows in items.values() for required, any_of in rows for i in required + any_of}
     print(f"{fmt.name} at {fmt.root}; images searched in {', '.join(map(str, fmt.image_folders()))}")
 
     paths = {i: fmt.image_path(i) for i in sorted(ids)}
     problem = {i: "missing" for i, p in paths.items() if not p.is_file()}
+    rotated = 0
     for i in tqdm([i for i in paths if i not in problem], desc="verifying images", unit="img"):
-        if (why := image_problem(paths[i])) is not None:
+        why, turned = image_problem(paths[i])
+        rotated += turned
+        if why is not None:
             problem[i] = why
 
     def state(i: str) -> str:
@@ -98,12 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{category:<12}{split:<7}{len(rows):>18}{lost['missing']:>15}{lost['unreadable']:>18}")
 
     n_missing = sum(why == "missing" for why in problem.values())
-    print(f"\n{len(ids)} images: {n_missing} missing, {len(problem) - n_missing} unreadable")
+    print(f"\n{len(ids)} images: {n_missing} missing, {len(problem) - n_missing} unreadable; {rotated} carry an "
+          f"EXIF rotation, which training and evaluation ignore as the published pipelines do")
     if args.write_missing:
         lines = [f"missing\t{paths[i]}" if why == "missing" else f"unreadable\t{paths[i]}\t{why}"
                  for i, why in sorted(problem.items())]
         atomic_write_text(args.write_missing, "".join(line + "\n" for line in lines))
         print(f"wrote {len(lines)} lines to {args.write_missing}")
+    if problem and not args.allow_missing:
+        print(f"{len(problem)} image(s) missing or unreadable: exit status 1 (--allow_missing: 0)", file=sys.stderr)
+        return 1
     return 0
 
 

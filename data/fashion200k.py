@@ -51,6 +51,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from data.base import DatasetFormat, EvalSplit, Query, Triplet, find_child, read_lines, unique
+from utils.errors import UserError
 
 LABEL_SUFFIX = "_detect_all.txt"
 _MARKS = str.maketrans({".": "dotmark", "?": "questionmark", "&": "andmark", "*": "starmark"})
@@ -104,7 +105,7 @@ class Fashion200k(DatasetFormat):
             for n, line in enumerate(read_lines(path), 1):
                 parts = line.split("\t")
                 if len(parts) < 3:
-                    raise ValueError(f"{path} line {n}: expected 'image<TAB>score<TAB>description', got {line!r}")
+                    raise UserError(f"{path} line {n}: expected 'image<TAB>score<TAB>description', got {line!r:.80}")
                 out.append((parts[0], parts[2].strip(), category))
         return out
 
@@ -165,7 +166,10 @@ class Fashion200k(DatasetFormat):
         for path, d in images:
             with_description[d].append(path)
         queries, unknown = [], []
-        for line in read_lines(find_child(self.root, "test_queries.txt") or self.root / "test_queries.txt"):
+        queries_file = find_child(self.root, "test_queries.txt") or self.root / "test_queries.txt"
+        for n, line in enumerate(read_lines(queries_file), 1):
+            if len(line.split()) < 2:
+                raise UserError(f"{queries_file} line {n}: expected '<source image> <target image>', got {line!r:.80}")
             source, target = line.split()[:2]
             if source not in description or target not in description:
                 unknown.append(line)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data.base import DatasetFormat, EvalSplit, Query, Triplet, find_child
+from data.base import DatasetFormat, EvalSplit, Query, Triplet, find_child, json_entries, name_list, text_field
 from data.text import CAPTION_JOIN
+from utils.errors import UserError
 from utils.io import read_json
 
 IMAGE_FOLDERS = ("img", "images", "resized_images")
@@ -50,33 +51,36 @@ class FashionIQ(DatasetFormat):
                                 f"FashionIQ annotation release into {self.root}")
 
     def _annotations(self, category: str, split: str) -> list[dict]:
+        """The annotation file's entries, each with its two captions checked."""
         path = self.captions_dir / f"cap.{category}.{split}.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found (category {category!r}, split {split!r}); "
                                     f"check --categories (dress,shirt,toptee) and the annotations folder")
-        return read_json(path)
+        annotations = json_entries(read_json(path), path)
+        for i, a in enumerate(annotations):
+            captions = a.get("captions")
+            if not isinstance(captions, list) or len(captions) != 2 or not all(isinstance(c, str) for c in captions):
+                raise UserError(f"{path} entry {i}: field 'captions' must be a list of two strings, "
+                                f"got {captions!r:.80}")
+        return annotations
 
     def _split_images(self, category: str, split: str) -> list[str]:
         path = self.splits_dir / f"split.{category}.{split}.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found (category {category!r}, split {split!r})")
-        return list(dict.fromkeys(read_json(path)))
-
-    @staticmethod
-    def _two_texts(annotation: dict, where: str) -> tuple[str, str]:
-        captions = [c.strip() for c in annotation.get("captions", [])]
-        if len(captions) != 2:
-            raise ValueError(f"{where}: expected two captions, got {annotation.get('captions')!r}")
-        return captions[0] + CAPTION_JOIN + captions[1], captions[1] + CAPTION_JOIN + captions[0]
+        return list(dict.fromkeys(name_list(read_json(path), path)))
 
     def _pairs(self, category: str, split: str) -> list[tuple[str, str, str]]:
         """(reference, text, target) for each annotation, both caption orders."""
+        path = self.captions_dir / f"cap.{category}.{split}.json"
         out = []
         for i, a in enumerate(self._annotations(category, split)):
-            where = f"{self.captions_dir / f'cap.{category}.{split}.json'} annotation {i}"
             if "target" not in a or "candidate" not in a:
-                raise ValueError(f"{where}: no candidate/target image (test captions carry no targets)")
-            out += [(a["candidate"], text, a["target"]) for text in self._two_texts(a, where)]
+                raise UserError(f"{path} entry {i}: no candidate/target image (test captions carry no targets)")
+            reference, target = text_field(a, ("candidate",), path, i), text_field(a, ("target",), path, i)
+            first, second = (c.strip() for c in a["captions"])
+            out += [(reference, first + CAPTION_JOIN + second, target),
+                    (reference, second + CAPTION_JOIN + first, target)]
         return out
 
     def train_captions(self) -> list[str]:
@@ -87,7 +91,7 @@ class FashionIQ(DatasetFormat):
 
     def eval_splits(self, split: str) -> list[EvalSplit]:
         if split == "test":
-            raise ValueError("FashionIQ test captions carry no targets; evaluate on val (--split val)")
+            raise UserError("FashionIQ test captions carry no targets; evaluate on val (--split val)")
         self._check_eval_split(split)
         return [EvalSplit(cat, [Query(ref, text, [tgt], cat) for ref, text, tgt in self._pairs(cat, split)],
                           self._split_images(cat, split))

@@ -20,4 +20,4 @@ def open_dataset(cfg) -> DatasetFormat:
 def build_vocabulary(cfg) -> Vocabulary:
     """The vocabulary of `cfg.dataset`'s training captions (what vocab.py writes)."""
     fmt = open_dataset(cfg)
-    return Vocabulary.build(fmt.train_captions(), extra_specials=fmt.vocab_specials)
+    return Vocabulary.build(fmt.train_captions(), extra_specials=fmt.vocab_specials, dataset=fmt.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms
 
 WHITE = (255, 255, 255)
@@ -42,8 +42,11 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """The image as an RGB square; a missing, empty or corrupt file raises naming it."""
+def load_image(path: str | Path, upright: bool = False) -> Image.Image:
+    """The image as an RGB square; a missing, empty or corrupt file raises naming it.
+
+    `upright` applies the EXIF orientation tag (a phone photo taken sideways): for a user's own
+    images. Dataset images are read as the published pipelines read them, tag ignored."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
@@ -53,7 +56,7 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            rgb = to_rgb(image)
+            rgb = to_rgb(ImageOps.exif_transpose(image) if upright else image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}); re-download it "
                          f"(`python -m data.check` lists every such file)") from None

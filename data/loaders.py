@@ -30,11 +30,11 @@ class TripletBatch:
     lengths: torch.Tensor  # (B,); pack_padded_sequence wants them on the CPU: pass lengths.cpu()
     index: torch.Tensor  # (B,) positions in the TripletImages dataset
 
-    def to(self, device, non_blocking: bool = False) -> "TripletBatch":
+    def to(self, device, non_blocking: bool = False) -> TripletBatch:
         return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
                                 for f in fields(self)})
 
-    def pin_memory(self) -> "TripletBatch":  # called by DataLoader(pin_memory=True)
+    def pin_memory(self) -> TripletBatch:  # called by DataLoader(pin_memory=True)
         return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
     def __len__(self) -> int:
@@ -64,16 +64,16 @@ class ImageList(Dataset):
     """Items: dict(image=tensor, index=i), or dict(error=message, index=i) when the file cannot be read,
     so that whoever embeds a list decides what an unreadable file means (evaluation refuses, search skips)."""
 
-    def __init__(self, paths: list[str | Path], transform):
+    def __init__(self, paths: list[str | Path], transform, upright: bool = False):
         self.paths = [str(p) for p in paths]
-        self.transform = transform
+        self.transform, self.upright = transform, upright
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
         try:
-            return dict(image=self.transform(load_image(self.paths[i])), index=i)
+            return dict(image=self.transform(load_image(self.paths[i], self.upright)), index=i)
         except (OSError, ValueError) as e:
             return dict(error=str(e), index=i)
 

@@ -20,7 +20,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data.base import DatasetFormat, EvalSplit, Query, Triplet, find_child, read_lines, unique
+from data.base import (
+    DatasetFormat,
+    EvalSplit,
+    Query,
+    Triplet,
+    find_child,
+    json_entries,
+    name_list,
+    read_lines,
+    text_field,
+    unique,
+)
+from utils.errors import UserError
 from utils.io import read_json
 
 RAW_LISTS = {"train": "train_im_names.txt", "val": "eval_im_names.txt"}
@@ -44,29 +56,22 @@ class Shoes(DatasetFormat):
 
     def _split_images(self, split: str) -> list[str]:
         if split not in RAW_LISTS:
-            raise ValueError(f"Shoes has no split {split!r}; it has train and val")
+            raise UserError(f"Shoes has no split {split!r}; it has train and val")
         if self.prepared:
-            return unique(os.path.basename(n) for n in read_json(self.annotations / f"split.{split}.json"))
+            path = self.annotations / f"split.{split}.json"
+            return unique(os.path.basename(n) for n in name_list(read_json(path), path))
         return unique(read_lines(self.annotations / RAW_LISTS[split]))
 
     def _triplets(self, split: str) -> list[Triplet]:
+        path = self.annotations / (f"triplet.{split}.json" if self.prepared else RAW_CAPTIONS)
+        triplets = [Triplet(os.path.basename(text_field(r, ("reference", "ReferenceImageName"), path, i)),
+                            text_field(r, ("caption", "RelativeCaption"), path, i, allow_empty=True).strip(),
+                            os.path.basename(text_field(r, ("target", "ImageName"), path, i)), "shoes")
+                    for i, r in enumerate(json_entries(read_json(path), path))]
         if self.prepared:
-            path = self.annotations / f"triplet.{split}.json"
-            rows = read_json(path)
-        else:
-            path = self.annotations / RAW_CAPTIONS
-            members = set(self._split_images(split))
-            rows = [r for r in read_json(path)
-                    if r.get("ImageName") in members and r.get("ReferenceImageName") in members]
-        out = []
-        for i, r in enumerate(rows):
-            try:
-                ref, tgt = r.get("reference", r.get("ReferenceImageName")), r.get("target", r.get("ImageName"))
-                caption = r.get("caption", r.get("RelativeCaption"))
-                out.append(Triplet(os.path.basename(ref), caption.strip(), os.path.basename(tgt), "shoes"))
-            except (AttributeError, TypeError):
-                raise ValueError(f"{path} entry {i}: expected reference, target and caption, got {r!r}") from None
-        return out
+            return triplets
+        members = set(self._split_images(split))  # the raw file holds every split: both images in this one
+        return [t for t in triplets if t.reference in members and t.target in members]
 
     def train_captions(self) -> list[str]:
         return [t.text for t in self._triplets("train")]
@@ -76,7 +81,7 @@ class Shoes(DatasetFormat):
 
     def eval_splits(self, split: str) -> list[EvalSplit]:
         if split == "test":
-            raise ValueError("Shoes has no test split (the release has train and eval lists only); "
+            raise UserError("Shoes has no test split (the release has train and eval lists only); "
                              "evaluate with --split val")
         self._check_eval_split(split)
         queries = [Query(t.reference, t.text, [t.target], t.category) for t in self._triplets(split)]

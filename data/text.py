@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 from nltk.tokenize import word_tokenize
 
+from utils.errors import UserError
 from utils.io import atomic_write_json, read_json
 
 PAD, START, AND, END, UNK = "<pad>", "<start>", "<and>", "<end>", "<unk>"
@@ -53,23 +54,33 @@ class Vocabulary:
     special tokens are added (what vocab.py prints).
     """
 
-    def __init__(self, tokens: list[str], words_count: int):
+    def __init__(self, tokens: list[str], words_count: int, dataset: str = ""):
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise UserError("vocabulary tokens must be a list of strings")
+        if isinstance(words_count, bool) or not isinstance(words_count, int) or words_count < 0:
+            raise UserError(f"vocabulary words_count must be a whole number >= 0, got {words_count!r}")
         if list(tokens[:len(SPECIALS)]) != list(SPECIALS):
-            raise ValueError(f"vocabulary must start with {SPECIALS}, got {tokens[:len(SPECIALS)]}")
+            raise UserError(f"vocabulary must start with {SPECIALS}, got {tokens[:len(SPECIALS)]}")
         if len(set(tokens)) != len(tokens):
-            raise ValueError("vocabulary has duplicate tokens")
+            raise UserError("vocabulary has duplicate tokens")
         self.tokens = list(tokens)
         self.words_count = words_count
+        self.dataset = dataset  # the dataset whose training captions built it ("" when unknown)
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.pad_id, self.start_id, self.and_id, self.end_id, self.unk_id = (self.index[t] for t in SPECIALS)
 
     @classmethod
-    def build(cls, captions: Iterable[str], extra_specials: Iterable[str] = ()) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], extra_specials: Iterable[str] = (), dataset: str = "") -> Vocabulary:
         """Every word of the captions is kept (no frequency threshold); most frequent first."""
         counts = Counter(w for caption in captions for w in tokenize(caption))
         words = sorted(counts, key=lambda w: (-counts[w], w))
         specials = list(SPECIALS) + [s for s in extra_specials if s not in SPECIALS]
-        return cls(specials + [w for w in words if w not in specials], words_count=len(words))
+        return cls(specials + [w for w in words if w not in specials], words_count=len(words), dataset=dataset)
+
+    def unknown_share(self, texts: Iterable[str]) -> float:
+        """The share of the texts' words outside the vocabulary (read as <unk>)."""
+        words = [w for text in texts for part in text.split(AND) for w in tokenize(part)]
+        return sum(w not in self.index for w in words) / max(1, len(words))
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -93,15 +104,22 @@ class Vocabulary:
         return [w for part in text.split(AND) for w in tokenize(part) if w not in self.index]
 
     def save(self, path: str | Path) -> None:
-        atomic_write_json(path, {"words_count": self.words_count, "tokens": self.tokens})
+        atomic_write_json(path, {"dataset": self.dataset, "words_count": self.words_count, "tokens": self.tokens})
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
+    def load(cls, path: str | Path) -> Vocabulary:
         data = read_json(path)
         try:
-            return cls(data["tokens"], int(data["words_count"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: not a vocabulary file ({e}); rebuild it with vocab.py") from None
+            if not isinstance(data, dict):
+                raise UserError(f"expected a JSON object, got {type(data).__name__}")
+            if "tokens" not in data or "words_count" not in data:
+                raise UserError("no 'tokens' and 'words_count' keys")
+            dataset = data.get("dataset", "")
+            if not isinstance(dataset, str):
+                raise UserError(f"'dataset' must be a string, got {dataset!r}")
+            return cls(data["tokens"], data["words_count"], dataset)
+        except UserError as e:
+            raise UserError(f"{path}: not a vocabulary file ({e}); rebuild it with vocab.py") from None
 
 
 def vocabulary_path(cfg) -> Path:
@@ -109,9 +127,15 @@ def vocabulary_path(cfg) -> Path:
 
 
 def load_vocabulary(cfg) -> Vocabulary:
+    """The vocabulary of cfg.dataset from --vocab_dir; one built for another dataset, or holding no word, is refused."""
     path = vocabulary_path(cfg)
+    rebuild = (f"`python vocab.py --dataset {cfg.dataset} --data_root {cfg.data_root} --vocab_dir {cfg.vocab_dir}`")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no vocabulary; build it first with "
-                                f"`python vocab.py --dataset {cfg.dataset} --data_root {cfg.data_root} "
-                                f"--vocab_dir {cfg.vocab_dir}`")
-    return Vocabulary.load(path)
+        raise FileNotFoundError(f"{path}: no vocabulary; build it first with {rebuild}")
+    vocab = Vocabulary.load(path)
+    if vocab.dataset and vocab.dataset != cfg.dataset:
+        raise UserError(f"{path} was built from the {vocab.dataset} captions, not {cfg.dataset}'s; "
+                        f"rebuild it with {rebuild}")
+    if len(vocab) <= len(SPECIALS):
+        raise UserError(f"{path} holds only the special tokens, no word; rebuild it with {rebuild}")
+    return vocab

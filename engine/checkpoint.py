@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.text import Vocabulary
 from utils.io import atomic_write
 
 
@@ -112,3 +113,19 @@ def strip_ddp_prefix(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Te
                 key = key[len(prefix):]
         out[key] = value
     return out
+
+
+def checkpoint_vocabulary(checkpoint: dict, source: str | Path) -> Vocabulary:
+    """The vocabulary a checkpoint was trained with (saved in it, so evaluation needs no vocabulary file)."""
+    saved = checkpoint.get("vocab")
+    if not isinstance(saved, dict) or "tokens" not in saved:
+        raise CheckpointError(f"{source}: the checkpoint holds no vocabulary; is it a manme checkpoint "
+                              f"(written by train.py)?")
+    try:
+        return Vocabulary(list(saved["tokens"]), saved.get("words_count", 0), saved.get("dataset", ""))
+    except ValueError as e:
+        raise CheckpointError(f"{source}: its vocabulary is damaged ({e}); use another checkpoint") from None
+
+
+def vocab_state(vocab: Vocabulary) -> dict:
+    return {"tokens": list(vocab.tokens), "words_count": vocab.words_count, "dataset": vocab.dataset}

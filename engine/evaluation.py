@@ -1,4 +1,5 @@
-"""Evaluation with the published protocols (MANME.md §6, evaluation protocols: galleries, queries and recalls per dataset).
+"""Evaluation with the published protocols (MANME.md §6, evaluation protocols: galleries, queries and
+recalls per dataset).
 
 Every image that a split needs (galleries and references) is embedded once; queries are
 composed once; the queries x gallery scores are produced chunk by chunk by the model's matmul
@@ -20,6 +21,7 @@ from engine.inference import Trained, build_queries, embed_images, rank_gallery
 from engine.ranking import RankResult, recall_at
 from utils.distributed import DistInfo
 from utils.io import atomic_write, atomic_write_json
+from utils.logs import log
 
 TOPK = 50
 ALWAYS_REPORTED = (1, 5, 10, 50)  # recall cut-offs in metrics.json for every dataset, besides the published ones
@@ -63,7 +65,8 @@ class EvalResult:
 
 
 def eval_splits(fmt: DatasetFormat, split: str) -> list[EvalSplit]:
-    """The dataset's evaluation splits (one per category), queries and gallery images whose files are missing dropped."""
+    """The dataset's evaluation splits (one per category), without the queries and gallery images whose
+    files are missing."""
     return [drop_missing_eval(fmt, s) for s in fmt.eval_splits(split)]
 
 
@@ -81,7 +84,8 @@ def embed_split_images(model, fmt: DatasetFormat, image_ids: list[str], cfg, dev
 
 def rank_split(model, vocab, s: EvalSplit, queries: list[Query], features: dict[str, torch.Tensor],
                position: dict[str, int], cfg, device, topk: int = TOPK, progress: bool = False):
-    """(composed queries, RankResult) of `queries` against `s`'s gallery, the protocol of MANME.md §6 (evaluation protocols):
+    """(composed queries, RankResult) of `queries` against `s`'s gallery, the protocol of MANME.md §6
+    (evaluation protocols):
     the reference is left out of its own ranking, and every gallery entry of a correct image is a target
     (a gallery may list an image twice, as Fashion200k's label files do)."""
     rows = torch.tensor([position[i] for i in s.gallery], dtype=torch.long, device=device)
@@ -99,6 +103,18 @@ def rank_split(model, vocab, s: EvalSplit, queries: list[Query], features: dict[
     return query, result
 
 
+def report_unanswerable(s: EvalSplit) -> None:
+    """Say how many queries count as misses whatever the model does: every target is the reference itself
+    (left out of its own ranking), or no target is in the gallery."""
+    in_gallery = set(s.gallery)
+    own = sum(all(t == q.reference for t in q.targets) for q in s.queries)
+    absent = sum(not any(t in in_gallery and t != q.reference for t in q.targets) for q in s.queries) - own
+    if own or absent:
+        log.warning(f"{s.category}: {own + absent} of {len(s.queries)} queries count as misses whatever the model "
+                    f"does ({own} whose target is the reference image itself, {absent} whose target is not in the "
+                    f"gallery); the annotation files list them so")
+
+
 @torch.inference_mode()
 def evaluate(model, fmt: DatasetFormat, vocab, cfg, split: str, device, dist_info: DistInfo | None = None,
              amp_dtype=None, keep_rankings: bool = True, progress: bool = True) -> EvalResult:
@@ -114,6 +130,7 @@ def evaluate(model, fmt: DatasetFormat, vocab, cfg, split: str, device, dist_inf
     reported = sorted(set(ks) | set(ALWAYS_REPORTED))
     per_category, rankings, overlap_sums, n_total = {}, [], {}, 0
     for s in splits:
+        report_unanswerable(s)
         query, result = rank_split(model, vocab, s, s.queries, features, position, cfg, device)
         per_category[s.category] = {**recall_at(result.ranks, reported), "n_queries": len(s.queries),
                                     "gallery_size": len(s.gallery),
@@ -146,7 +163,8 @@ def evaluate_trained(trained: Trained, checkpoint_path: str | Path, output_dir: 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PermissionError(f"{out_dir}: cannot create the output directory ({e.strerror}); pass --output_dir") from None
+        raise PermissionError(f"{out_dir}: cannot create the output directory ({e.strerror}); "
+                              f"pass --output_dir") from None
     try:
         result = evaluate(trained.model, open_dataset(cfg), trained.vocab, cfg, cfg.split, trained.device,
                           amp_dtype=trained.amp_dtype)

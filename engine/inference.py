@@ -16,11 +16,15 @@ from config import resolve
 from data.images import eval_transform
 from data.loaders import ImageList, collate_images, ignore_stop_signals, pad_tokens
 from data.text import Vocabulary
-from engine.checkpoint import load_checkpoint, strip_ddp_prefix
+from engine.checkpoint import CheckpointError, checkpoint_vocabulary, load_checkpoint, strip_ddp_prefix
 from engine.ranking import RankResult, rank_queries
 from models import ComposedQuery, Retriever, build_model
 from utils.distributed import DistInfo, any_rank, gather_no_grad
+from utils.errors import UserError
 from utils.precision import amp_dtype, autocast, pick_device
+
+# settings the weights and the vocabulary were trained for
+FIXED_BY_CHECKPOINT = ("dataset", "crop_size", "model", "backbone", "grains", "embed_dim", "word_dim")
 
 
 @dataclass
@@ -40,12 +44,23 @@ def load_trained(checkpoint_path: str | Path, explicit: dict | None = None) -> T
     unless `explicit` names --amp, whatever precision the model was trained in."""
     checkpoint = load_checkpoint(checkpoint_path)
     overrides = {k: v for k, v in (explicit or {}).items() if k not in ("ckpt", "resume")}
-    cfg = resolve(overrides, base=checkpoint["config"])
+    saved = checkpoint["config"]
+    for key in FIXED_BY_CHECKPOINT:  # what the weights were trained for: not a flag's to change
+        if key in overrides and isinstance(saved, dict) and overrides[key] != saved.get(key):
+            raise UserError(f"--{key} {overrides[key]}: {checkpoint_path} was trained with --{key} {saved.get(key)}, "
+                            f"which evaluation and the tools take from the checkpoint; drop --{key}, or use a "
+                            f"checkpoint trained for {overrides[key]}")
+    cfg = resolve(overrides, base=saved, source=f"{checkpoint_path} (its config)")
     device = pick_device(cfg.device)
-    vocab = Vocabulary(list(checkpoint["vocab"]["tokens"]), checkpoint["vocab"]["words_count"])
+    vocab = checkpoint_vocabulary(checkpoint, checkpoint_path)
     # the weights come from the checkpoint: no ImageNet file or GloVe needed
     model = build_model(replace(cfg, backbone_weights="none", glove_path=""), len(vocab))
-    model.load_state_dict(strip_ddp_prefix(checkpoint["model"]))
+    try:
+        model.load_state_dict(strip_ddp_prefix(checkpoint["model"]))
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{checkpoint_path}: its weights do not fit the --model {cfg.model} its config names "
+                              f"({str(e).splitlines()[0][:160]}); was the config edited? "
+                              f"Use an unedited checkpoint") from None
     # float32 unless the caller asks: recalls then do not move with the GPU's autocast
     precision = amp_dtype((explicit or {}).get("amp", "off"), device)
     return Trained(model.to(device).eval(), cfg, vocab, device, precision)
@@ -61,7 +76,7 @@ class ImageEmbeddings:
 @torch.inference_mode()
 def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_size: int = 64,
                  num_workers: int = 0, dist_info: DistInfo | None = None, amp_dtype=None,
-                 progress: bool = True, desc: str = "embed images") -> ImageEmbeddings:
+                 progress: bool = True, desc: str = "embed images", upright: bool = False) -> ImageEmbeddings:
     """Embed image files at the evaluation crop; unreadable files are reported in `errors`, not embedded.
 
     Under torchrun each rank embeds a shard and the features are gathered; a distributed caller
@@ -70,7 +85,7 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
     n = len(paths)
     per_rank = -(-n // dist_info.world_size)
     offset = dist_info.rank * per_rank
-    loader = DataLoader(ImageList(paths[offset:offset + per_rank], eval_transform(crop_size)),
+    loader = DataLoader(ImageList(paths[offset:offset + per_rank], eval_transform(crop_size), upright),
                         batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images,
                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     parts: dict[str, list[torch.Tensor]] = {g: [] for g in model.grains}

@@ -122,8 +122,8 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
     score_fn(q: slice, g: slice) -> Tensor (nq, ng): scores of queries q against gallery items g;
     never written into, but one block may be kept across calls, so no reused output buffers.
     target_scoring: "auto", "pass" or "direct", how best-target scores are found (all exact).
-    progress: a tqdm bar over query chunks. Returns a RankResult on the CPU with k = min(topk, n_gallery - 1), or min(topk, n_gallery)
-    when no reference is in the gallery.
+    progress: a tqdm bar over query chunks. Returns a RankResult on the CPU with
+    k = min(topk, n_gallery - 1), or min(topk, n_gallery) when no reference is in the gallery.
     """
     if target_scoring not in ("auto", "pass", "direct"):
         raise ValueError(f"target_scoring must be auto, pass or direct, not {target_scoring!r}")

@@ -14,28 +14,20 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from config import Config
+from config import Config, resolve
 from data.text import vocabulary_path
 from engine.checkpoint import CheckpointError, load_checkpoint, previous_path
 from engine.trainer import Interrupted, Stage, Trainer, ValidationHook
-from utils.distributed import DistInfo, cleanup, init_distributed
-from utils.io import atomic_write, read_json
+from utils.distributed import DistInfo, any_rank, cleanup, init_distributed
+from utils.errors import UserError
+from utils.io import atomic_write, check_output_dir, read_json
 from utils.logs import log, setup_logging
 from utils.precision import pick_device
+from utils.runlock import RunLock
 
+STAGE_FILES = ("last.pt", "best.pt", "train_log.jsonl")  # a stage folder holding any of these has run
 # A stop signal repeated within this many seconds is one request delivered twice, not "stop now".
 REPEAT_SIGNAL_WINDOW_S = 5.0
-
-
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"{folder}: output directory is not writable ({e.strerror}); "
-                              f"choose another with --output_dir") from None
 
 
 def find_resume(stage_folder: Path) -> Path | None:
@@ -69,35 +61,74 @@ def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
     each validation on the main process (train.py adds the retrieval figure to TensorBoard with it)."""
     dist_info = init_distributed(pick_device(cfg.device).type)
     run_dir = Path(cfg.output_dir) / cfg.exp_name
-    if dist_info.is_main:
-        check_writable(run_dir)
+    stages = plan_stages(cfg, run_dir)
+    lock = RunLock(run_dir) if dist_info.is_main else None
+    refused = None
+    if lock is not None:
+        try:
+            check_output_dir(run_dir, "--output_dir")
+            note = lock.acquire()
+            if note:
+                print(f"{run_dir}: {note}")
+            claim_run_folder(cfg, run_dir, [stage for _, stage in stages])
+            check_output_dir(run_dir, "--output_dir")
+        except (UserError, PermissionError) as e:
+            lock.release()
+            refused = e
+    # under torchrun every rank stops when rank 0 refuses the folder
+    if dist_info.enabled and any_rank(refused is not None, pick_device(cfg.device, dist_info.local_rank)):
+        raise refused or UserError(f"{run_dir}: refused by rank 0 (see its message)")
+    if refused is not None:
+        raise refused
+
     setup_logging(run_dir / "train.log", dist_info.is_main)
     writer = None
-    if dist_info.is_main:
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-        cfg.save(run_dir / "config.json")
-        vocab_src = vocabulary_path(cfg)
-        if vocab_src.is_file():
-            atomic_write(run_dir / "vocab.json", lambda f: f.write(vocab_src.read_bytes()), binary=True)
-
-    stages = []
-    if cfg.two_stage:
-        stages.append((replace(cfg, img_finetune=False, txt_finetune=False), Stage(1, cfg.num_epochs, cfg.step_lr, run_dir / "stage1")))
-        stages.append((replace(cfg, img_finetune=True, txt_finetune=True), Stage(2, cfg.finetune_epochs, cfg.finetune_step_lr, run_dir / "stage2")))
-    elif cfg.img_finetune or cfg.txt_finetune:
-        stages.append((cfg, Stage(2, cfg.finetune_epochs, cfg.finetune_step_lr, run_dir / "stage2")))
-    else:
-        stages.append((cfg, Stage(1, cfg.num_epochs, cfg.step_lr, run_dir / "stage1")))
-
     try:
+        if dist_info.is_main:
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
+            cfg.save(run_dir / "config.json")
+            vocab_src = vocabulary_path(cfg)
+            if vocab_src.is_file():
+                atomic_write(run_dir / "vocab.json", lambda f: f.write(vocab_src.read_bytes()), binary=True)
         for stage_cfg, stage in stages:
             stage.folder.mkdir(parents=True, exist_ok=True)
             run_stage(stage_cfg, stage, dist_info, run_dir, writer, validation_hook)
     finally:
         if writer is not None:
             writer.close()
+        if lock is not None:
+            lock.release()
         cleanup()
     return run_dir
+
+
+def plan_stages(cfg: Config, run_dir: Path) -> list[tuple[Config, Stage]]:
+    """The stages `cfg` asks for, each with its own config (stage 1 frozen, stage 2 fine-tuning)."""
+    stage1 = Stage(1, cfg.num_epochs, cfg.step_lr, run_dir / "stage1")
+    stage2 = Stage(2, cfg.finetune_epochs, cfg.finetune_step_lr, run_dir / "stage2")
+    if cfg.two_stage:
+        return [(replace(cfg, img_finetune=False, txt_finetune=False), stage1),
+                (replace(cfg, img_finetune=True, txt_finetune=True), stage2)]
+    if cfg.img_finetune or cfg.txt_finetune:
+        return [(cfg, stage2)]
+    return [(cfg, stage1)]
+
+
+def claim_run_folder(cfg: Config, run_dir: Path, stages: list[Stage]) -> None:
+    """Never start a stage over in place: a stage folder that already holds a run needs --resume (continue it)
+    or --overwrite (move the whole old run aside, to <exp_name>.old-<date-time>/)."""
+    if cfg.resume:
+        return
+    done = [f"{stage.folder.name}/{name}" for stage in stages for name in STAGE_FILES
+            if (stage.folder / name).exists()]
+    if not done:
+        return
+    if not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds a run ({', '.join(done)}); pass --resume auto to continue it, "
+                        f"--overwrite to move it aside and start over, or choose another --exp_name")
+    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    print(f"--overwrite: moved the previous run {run_dir} to {aside}")
 
 
 def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, writer,
@@ -182,14 +213,17 @@ def stop_signals_save(trainer: Trainer):
             signal.signal(s, handler)
 
 
-def resume_config(explicit: dict) -> dict | None:
-    """With --resume, the saved config of the run is the base, so the original flags need not be repeated."""
+def resolve_run_config(explicit: dict) -> Config:
+    """The run's config. With --resume, the saved config of the run is the base, so the original flags
+    need not be repeated; a hand-edited config.json is checked like the flags."""
     if not explicit.get("resume"):
-        return None
+        return resolve(explicit)
     if explicit["resume"] == "auto":
-        saved = Path(explicit.get("output_dir", Config.output_dir)) / explicit.get("exp_name", Config.exp_name) / "config.json"
+        run_dir = Path(explicit.get("output_dir", Config.output_dir)) / explicit.get("exp_name", Config.exp_name)
+        saved = run_dir / "config.json"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume auto: {saved} not found; nothing to resume (check --output_dir "
                                     f"and --exp_name, or drop --resume to start a new run)")
-        return read_json(saved)
-    return load_checkpoint(explicit["resume"])["config"]
+        return resolve(explicit, base=read_json(saved), source=str(saved))
+    saved = load_checkpoint(explicit["resume"])["config"]
+    return resolve(explicit, base=saved, source=f"{explicit['resume']} (its config)")

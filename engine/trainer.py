@@ -1,4 +1,5 @@
-"""One training stage (MANME.md §5, training recipe: stage 1 frozen, stage 2 fine-tunes): data, model, optimizer, the loop.
+"""One training stage (MANME.md §5, training recipe: stage 1 frozen, stage 2 fine-tunes): data, model,
+optimizer, the loop.
 
 engine.run chains the stages, resumes and handles stop signals; this module is one stage's
 steps, logs, validation and checkpoints (stage folder: last.pt, last.prev.pt, best.pt,
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -21,7 +22,7 @@ from data.formats import open_dataset
 from data.images import train_transform
 from data.loaders import TripletImages, collate_triplets, drop_missing, ignore_stop_signals
 from data.text import Vocabulary, load_vocabulary, vocabulary_path
-from engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state, strip_ddp_prefix
+from engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state, strip_ddp_prefix, vocab_state
 from engine.evaluation import EvalResult, evaluate
 from engine.sampler import ResumableSampler
 from losses import RetrievalLoss
@@ -33,6 +34,9 @@ from utils.precision import amp_dtype, autocast, pick_device
 # Called after each validation on the main process with (writer, tag, step, trainer): how the
 # tools add a figure to TensorBoard without the engine depending on them.
 ValidationHook = Callable[[object, str, int, "Trainer"], None]
+
+
+UNKNOWN_WORDS_WARNING = 0.05  # share of caption words outside the vocabulary above which training warns
 
 
 class NonFiniteLoss(RuntimeError):
@@ -104,13 +108,10 @@ def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: s
                               f"vocabulary saved in the run folder (vocab.json) or retrain")
 
 
-def vocab_state(vocab: Vocabulary) -> dict:
-    return {"tokens": list(vocab.tokens), "words_count": vocab.words_count}
-
-
 def loss_values(row: dict) -> dict[str, float]:
     """A log row's loss parts, with the loss itself named "total" first, as the error message shows them."""
-    return {"total": row["loss"], **{k: v for k, v in row.items() if k not in ("step", "epoch", "loss", "lr", "skipped")}}
+    parts = {k: v for k, v in row.items() if k not in ("step", "epoch", "loss", "lr", "skipped")}
+    return {"total": row["loss"], **parts}
 
 
 class Trainer:
@@ -136,8 +137,13 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, dist_info = self.cfg, self.dist
         triplets = self.fmt.train_triplets(0)
+        unknown = self.vocab.unknown_share(t.text for t in triplets)
+        if unknown > UNKNOWN_WORDS_WARNING:
+            log.warning(f"{100 * unknown:.1f} % of the training captions' words are not in {vocabulary_path(cfg)} "
+                        f"and are read as <unk>; was it built from these captions? Rebuild it with vocab.py")
         usable = drop_missing(self.fmt, triplets)
-        missing = {i for t in triplets for i in (t.reference, t.target)} - {i for t in usable for i in (t.reference, t.target)}
+        images = {i for t in triplets for i in (t.reference, t.target)}
+        missing = images - {i for t in usable for i in (t.reference, t.target)}
         global_batch = cfg.batch_size * dist_info.world_size
         if len(usable) < global_batch:
             raise ValueError(f"--batch_size {cfg.batch_size} (x{dist_info.world_size} processes) is larger than the "
@@ -200,7 +206,8 @@ class Trainer:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{source}: its optimizer state does not fit this model's parameters ({e}); pass "
-                                  f"--stage2_start best to start stage 2 from its weights with a fresh optimizer") from None
+                                  f"--stage2_start best to start stage 2 from its weights with a fresh "
+                                  f"optimizer") from None
         self.best_score = checkpoint["best_score"]
         log.info(f"stage 2 continues {source}: learning rate {self.optimizer.param_groups[0]['lr']:.3g}, "
                  f"best score so far {self.best_score:.2f}")

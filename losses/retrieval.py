@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attention import EPS
-from models.products import full_precision
 from models.base import l2
+from models.products import full_precision
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The multi-grained attention compositor (MANME.md §2, attention compositor, matmul scoring) and the variants built from it:
+"""The multi-grained attention compositor (MANME.md §2, attention compositor, matmul scoring) and the
+variants built from it:
 manme, artemis (coarse only), em-only (modified part only), is-only (preserved part only).
 
 For query i and target j at grain g (t_j L2-normalised):
@@ -73,7 +74,7 @@ class AttentionQuery(ComposedQuery):
 
     @classmethod
     def build(cls, text: Tensor, text_projection: Tensor | None, reference: dict[str, Tensor],
-              modification_attention: dict[str, Tensor], preserve_attention: dict[str, Tensor]) -> "AttentionQuery":
+              modification_attention: dict[str, Tensor], preserve_attention: dict[str, Tensor]) -> AttentionQuery:
         """Cast to float32 (scores are compared across a whole gallery) and precompute L2(A_pre ⊙ r)."""
         mod = {g: full_precision(a) for g, a in modification_attention.items()}
         pre = {g: full_precision(a) for g, a in preserve_attention.items()}

@@ -48,16 +48,16 @@ class ComposedQuery:
     def __len__(self) -> int:
         return first_tensor(self).shape[0]
 
-    def __getitem__(self, index) -> "ComposedQuery":
+    def __getitem__(self, index) -> ComposedQuery:
         return map_tensors(self, lambda t: t[index])
 
-    def slice(self, start: int, stop: int) -> "ComposedQuery":
+    def slice(self, start: int, stop: int) -> ComposedQuery:
         return self[start:stop]
 
-    def to(self, *args, **kwargs) -> "ComposedQuery":
+    def to(self, *args, **kwargs) -> ComposedQuery:
         return map_tensors(self, lambda t: t.to(*args, **kwargs))
 
-    def detach(self) -> "ComposedQuery":
+    def detach(self) -> ComposedQuery:
         return map_tensors(self, Tensor.detach)
 
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from utils.errors import UserError
+
 log = logging.getLogger("manme")
 
 WEIGHT_FILES = {"resnet50": "resnet50-0676ba61.pth", "resnet18": "resnet18-f37072fd.pth"}
@@ -38,6 +40,27 @@ def resolve_backbone_weights(backbone: str, weights: str) -> Path | None:
     return path
 
 
+def read_backbone_weights(path: Path, name: str, expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The torchvision state dict in `path`, or a UserError saying what the file is instead."""
+    fix = (f"--backbone_weights must be torchvision's {name} ImageNet state dict ({WEIGHT_FILES[name]}); "
+           f"pass --backbone_weights none to train from scratch")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not a weights file
+        raise UserError(f"{path}: not a PyTorch weights file ({type(e).__name__}); {fix}") from None
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        raise UserError(f"{path} is a manme checkpoint, not backbone weights; {fix} (use --ckpt or --resume for "
+                        f"manme checkpoints)")
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict; {fix}")
+    missing = [k for k in expected if k not in state]
+    wrong = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    if missing or wrong:
+        raise UserError(f"{path}: not {name} weights ({len(missing)} of {len(expected)} tensors missing, "
+                        f"{len(wrong)} of another shape, e.g. {(missing + wrong)[0]}); {fix}")
+    return state
+
+
 class Backbone(nn.Module):
     """A torchvision ResNet without pooling and classifier; returns C2, C3, C4."""
 
@@ -46,7 +69,7 @@ class Backbone(nn.Module):
         resnet = getattr(torchvision.models, name)(weights=None)
         path = resolve_backbone_weights(name, weights)
         if path is not None:
-            resnet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            resnet.load_state_dict(read_backbone_weights(path, name, resnet.state_dict()))
             log.info(f"{name}: ImageNet weights loaded from {path}")
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
         self.layer2, self.layer3, self.layer4 = resnet.layer2, resnet.layer3, resnet.layer4

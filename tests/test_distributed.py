@@ -22,15 +22,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, read_jsonl
 
-pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                                reason="this PyTorch build has no gloo backend")
+pytestmark = [
+    pytest.mark.slow,  # torchrun and train.py as commands
+    pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                       reason="this PyTorch build has no gloo backend"),
+]
 TORCHRUN = ([str(Path(sys.executable).parent / "torchrun")] if (Path(sys.executable).parent / "torchrun").exists()
             else [sys.executable, "-m", "torch.distributed.run"])
-TINY = ["--backbone", "resnet18", "--backbone_weights", "none", "--crop_size", "32", "--embed_dim", "64",
-        "--word_dim", "32", "--num_workers", "0", "--device", "cpu", "--eval_batch_size", "16",
-        "--log_every", "1", "--seed", "0"]
+# the model of tests.helpers.TINY; the validation figure stays on, evaluation batches of 16 split the gallery
+FLAGS = ["--backbone", "resnet18", "--backbone_weights", "none", "--crop_size", "32", "--embed_dim", "64",
+         "--word_dim", "32", "--num_workers", "0", "--device", "cpu", "--eval_batch_size", "16",
+         "--log_every", "1", "--seed", "0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -53,7 +57,7 @@ def train_py(*args):
 
 
 def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "stage1" / "train_log.jsonl").read_text().splitlines()]
+    return read_jsonl(run_dir / "stage1" / "train_log.jsonl")
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -70,14 +74,15 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A: torchrun 2 x batch 4; B: one process x batch 8; one optimizer step each (then validation in A)."""
-    from data.synthetic import generate
     import vocab as vocab_cli
+    from data.synthetic import generate
     tmp = tmp_path_factory.mktemp("dist")
     # an odd gallery (41 val images) makes the two evaluation shards unequal
     generate(tmp / "data", "shoes", size=32, seed=0, n_images=41, n_triplets=60)
-    assert vocab_cli.main(["--dataset", "shoes", "--data_root", str(tmp / "data"), "--vocab_dir", str(tmp / "vocab")]) in (0, None)
+    vocab_argv = ["--dataset", "shoes", "--data_root", str(tmp / "data"), "--vocab_dir", str(tmp / "vocab")]
+    assert vocab_cli.main(vocab_argv) in (0, None)
     common = ["--dataset", "shoes", "--data_root", tmp / "data", "--vocab_dir", tmp / "vocab",
-              "--output_dir", tmp / "runs", "--num_epochs", "2", "--max_steps", "1", *TINY]
+              "--output_dir", tmp / "runs", "--num_epochs", "2", "--max_steps", "1", *FLAGS]
     # cwd is an empty folder: nothing may be written outside --output_dir; each rank's output goes to --log-dir
     a = run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", "--log-dir", tmp / "torchrun_logs", "--redirects", "3",
              *train_py(*common, "--exp_name", "a", "--batch_size", "4")], cwd=tmp / "cwd_a")
@@ -143,8 +148,8 @@ def expected_rows(run_dir: Path, checkpoint: Path, batch_size: int, n_batches: i
     `n_batches` batches of `batch_size` (their mean: what per-rank negatives log under DDP)."""
     from config import resolve
     from engine.checkpoint import load_checkpoint
-    from utils.distributed import DistInfo
     from engine.trainer import Stage, Trainer
+    from utils.distributed import DistInfo
     cfg = resolve({"batch_size": batch_size}, base=json.loads((run_dir / "config.json").read_text()))
     trainer = Trainer(cfg, Stage(1, 2, cfg.step_lr, run_dir / "unused"), DistInfo(), run_dir, None)
     trainer.restore(load_checkpoint(checkpoint), str(checkpoint))
@@ -184,8 +189,8 @@ def test_resume_across_world_sizes(runs):
 def test_mid_epoch_resume_with_another_global_batch(runs):
     """A checkpoint from 2 x 4 resumed by 1 x 8 mid-epoch continues at the same triplet of the epoch's order."""
     from config import resolve
-    from utils.distributed import DistInfo
     from engine.trainer import Stage, Trainer
+    from utils.distributed import DistInfo
     run_dir = runs["b"]
     cfg = resolve({"batch_size": 8}, base=json.loads((run_dir / "config.json").read_text()))
     trainer = Trainer(cfg, Stage(1, 2, cfg.step_lr, run_dir / "unused"), DistInfo(), run_dir, None)

@@ -12,8 +12,7 @@ import pytest
 
 from config import Config
 from data.fashion200k import Fashion200k, modification, parents, post_process, replacement
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, write_fashion200k
 
 # (label file category, path, description): label lines in file order
 TRAIN = {
@@ -105,15 +104,8 @@ GALLERY = ["women/dresses/t/100.jpeg", "women/dresses/t/101.jpeg", "women/dresse
 
 
 def write_labels(root: Path) -> Path:
-    labels = root / "fashion200K" / "labels"
-    labels.mkdir(parents=True)
-    for split, files in (("train", TRAIN), ("test", TEST)):
-        for category, lines in files.items():
-            text = "".join(f"{path}\t0.{n + 5}21\t{d}\n" for n, (path, d) in enumerate(lines))
-            (labels / f"{category}_{split}_detect_all.txt").write_text(text)
     queries = [f"{s} {t}" for s, t, _, _ in TEST_QUERIES] + ["women/nowhere/1.jpeg women/dresses/t/100.jpeg"]
-    (root / "fashion200K" / "test_queries.txt").write_text("\n".join(queries) + "\n")
-    return root
+    return write_fashion200k(root, TRAIN, TEST, queries)
 
 
 @pytest.fixture
@@ -178,9 +170,7 @@ def test_epoch_is_the_same_in_another_process(f200k):
 
 
 def test_no_modifiable_image_gives_an_empty_epoch(tmp_path):
-    labels = tmp_path / "fashion200K" / "labels"
-    labels.mkdir(parents=True)
-    (labels / "dress_train_detect_all.txt").write_text("a.jpeg\t0.9\tred long dress\nb.jpeg\t0.9\tblue short gown\n")
+    write_fashion200k(tmp_path, {"dress": [("a.jpeg", "red long dress"), ("b.jpeg", "blue short gown")]})
     f = Fashion200k(Config(dataset="fashion200k", data_root=str(tmp_path), seed=0))
     assert f.train_triplets(0) == [] and f.siblings("red long dress") == set()
 

@@ -1,27 +1,18 @@
 """The three dataset formats at annotation level (no image opened): layouts, protocols, errors."""
 import json
-from pathlib import Path
 
 import pytest
 
-from config import Config
-from data.formats import open_dataset
 from data.fashion200k import replacement
+from data.formats import open_dataset
 from data.text import tokenize
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} absent")
-
-
-def cfg(root, dataset, **kw):
-    return Config(dataset=dataset, data_root=str(root), **kw)
-
+from tests.helpers import dataset_config as cfg
+from tests.helpers import write_fashion200k, write_fashioniq, write_shoes
 
 # ---- the real annotation files ----
 
-@needs_shared
-def test_shoes_real_split_sizes():
-    shoes = open_dataset(cfg(SHARED, "shoes"))
+def test_shoes_real_split_sizes(shared_data):
+    shoes = open_dataset(cfg(shared_data, "shoes"))
     assert len(shoes.train_triplets()) == 8990
     (val,) = shoes.eval_splits("val")
     assert len(val.queries) == 1761 and len(val.gallery) == 4658
@@ -29,9 +20,8 @@ def test_shoes_real_split_sizes():
         shoes.eval_splits("test")
 
 
-@needs_shared
-def test_fashioniq_real_val_protocol():
-    fiq = open_dataset(cfg(SHARED, "fashioniq"))
+def test_fashioniq_real_val_protocol(shared_data):
+    fiq = open_dataset(cfg(shared_data, "fashioniq"))
     splits = fiq.eval_splits("val")
     assert [s.category for s in splits] == ["dress", "shirt", "toptee"]
     assert [len(s.queries) for s in splits] == [2 * 2017, 2 * 2038, 2 * 1961] == [4034, 4076, 3922]
@@ -45,20 +35,6 @@ def test_fashioniq_real_val_protocol():
 
 
 # ---- FashionIQ layouts ----
-
-def write_fashioniq(root, folder="fashionIQ", nested=True, categories=("dress",)):
-    base = root / folder / "annotations" if nested else root / folder
-    for sub in ("captions", "image_splits"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    for cat in categories:
-        ann = [{"candidate": "A1", "target": "A2", "captions": ["is red", "has sleeves"]},
-               {"candidate": "A2", "target": "A3", "captions": ["is blue", " is longer "]}]
-        for split in ("train", "val"):
-            (base / "captions" / f"cap.{cat}.{split}.json").write_text(json.dumps(ann))
-            (base / "image_splits" / f"split.{cat}.{split}.json").write_text(json.dumps(["A1", "A2", "A3", "A4"]))
-        (base / "captions" / f"cap.{cat}.test.json").write_text(json.dumps([{"candidate": "A1", "captions": ["x", "y"]}]))
-    return root
-
 
 def test_fashioniq_flat_layout_any_case_and_png(tmp_path):
     write_fashioniq(tmp_path, folder="FASHIONiq", nested=False)
@@ -112,11 +88,7 @@ RAW_SHOES = [
 
 
 def test_shoes_raw_release_and_recursive_images(tmp_path):
-    ann = tmp_path / "Shoes" / "annotations"
-    ann.mkdir(parents=True)
-    (ann / "relative_captions_shoes.json").write_text(json.dumps(RAW_SHOES))
-    (ann / "train_im_names.txt").write_text("a.jpg\nb.jpg\n\n")
-    (ann / "eval_im_names.txt").write_text("x.jpg\ny.jpg\n")
+    write_shoes(tmp_path, RAW_SHOES, ["a.jpg", "b.jpg", ""], ["x.jpg", "y.jpg"], folder="Shoes")  # blank line kept
     deep = tmp_path / "Shoes" / "images" / "womens" / "boots" / "0"
     deep.mkdir(parents=True)
     (deep / "a.jpg").write_bytes(b"x")
@@ -124,7 +96,8 @@ def test_shoes_raw_release_and_recursive_images(tmp_path):
     assert [(t.reference, t.target, t.text) for t in shoes.train_triplets()] == [("a.jpg", "b.jpg", "is darker")]
     assert shoes.train_captions() == ["is darker"]
     (val,) = shoes.eval_splits("val")
-    assert [(q.reference, q.targets) for q in val.queries] == [("y.jpg", ["x.jpg"])] and val.gallery == ["x.jpg", "y.jpg"]
+    assert [(q.reference, q.targets) for q in val.queries] == [("y.jpg", ["x.jpg"])]
+    assert val.gallery == ["x.jpg", "y.jpg"]
     assert shoes.image_path("a.jpg") == deep / "a.jpg" and not shoes.has_image("b.jpg")
 
 
@@ -139,7 +112,8 @@ def test_shoes_prepared_files(tmp_path, keys):
     shoes = open_dataset(cfg(tmp_path, "shoes"))
     assert shoes.train_triplets()[0].reference == "a.jpg"
     (val,) = shoes.eval_splits("val")
-    assert val.queries[0].reference == "y.jpg" and val.queries[0].targets == ["x.jpg"] and val.gallery == ["y.jpg", "x.jpg"]
+    assert val.queries[0].reference == "y.jpg" and val.queries[0].targets == ["x.jpg"]
+    assert val.gallery == ["y.jpg", "x.jpg"]
 
 
 # ---- Fashion200k ----
@@ -151,22 +125,17 @@ TRAIN_LABELS = {
 }
 
 
-def write_fashion200k(root):
-    labels = root / "fashion200K" / "labels"
-    labels.mkdir(parents=True)
-    for cat, descriptions in TRAIN_LABELS.items():
-        lines = [f"women/{cat}/{i}/{i}_0.jpeg\t0.9\t{d}" for i, d in enumerate(descriptions)]
-        (labels / f"{cat}_train_detect_all.txt").write_text("\n".join(lines) + "\n")
-    test = ["women/t/0.jpeg\t0.8\tred long dress", "women/t/1.jpeg\t0.8\tblue long dress",
-            "women/t/2.jpeg\t0.8\tblue long dress", "women/t/3.jpeg\t0.8\tred short dress"]
-    (labels / "dress_test_detect_all.txt").write_text("\n".join(test) + "\n")
-    (root / "fashion200K" / "test_queries.txt").write_text(
-        "women/t/0.jpeg women/t/1.jpeg\nwomen/t/3.jpeg women/t/0.jpeg\nwomen/t/9.jpeg women/t/0.jpeg\n")
-    return root
+def fashion200k_labels(root):
+    train = {cat: [(f"women/{cat}/{i}/{i}_0.jpeg", d) for i, d in enumerate(descriptions)]
+             for cat, descriptions in TRAIN_LABELS.items()}
+    test = {"dress": [("women/t/0.jpeg", "red long dress"), ("women/t/1.jpeg", "blue long dress"),
+                      ("women/t/2.jpeg", "blue long dress"), ("women/t/3.jpeg", "red short dress")]}
+    queries = ["women/t/0.jpeg women/t/1.jpeg", "women/t/3.jpeg women/t/0.jpeg", "women/t/9.jpeg women/t/0.jpeg"]
+    return write_fashion200k(root, train, test, queries)
 
 
 def test_fashion200k_training_pairs(tmp_path):
-    f200k = open_dataset(cfg(write_fashion200k(tmp_path), "fashion200k", seed=3))
+    f200k = open_dataset(cfg(fashion200k_labels(tmp_path), "fashion200k", seed=3))
     assert f200k.vocab_specials == ("replace", "with")
     description = {f"women/{c}/{i}/{i}_0.jpeg": d for c, ds in TRAIN_LABELS.items() for i, d in enumerate(ds)}
     epoch0 = f200k.train_triplets(0)
@@ -181,7 +150,7 @@ def test_fashion200k_training_pairs(tmp_path):
 
 
 def test_fashion200k_test_queries(tmp_path, capsys):
-    f200k = open_dataset(cfg(write_fashion200k(tmp_path), "fashion200k"))
+    f200k = open_dataset(cfg(fashion200k_labels(tmp_path), "fashion200k"))
     (split,) = f200k.eval_splits("test")
     assert split.gallery == [f"women/t/{i}.jpeg" for i in range(4)]
     first, second = split.queries

@@ -1,6 +1,4 @@
 """Image loading, transforms, Datasets/collate, missing-image filters and data.check, on tiny fixtures."""
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -11,28 +9,26 @@ from config import Config
 from data import check
 from data.formats import open_dataset
 from data.images import eval_transform, load_image, resize_size, train_transform
-from data.loaders import (ImageList, collate_images, TripletBatch, TripletImages, collate_triplets, drop_missing,
-                          drop_missing_eval)
+from data.loaders import (
+    ImageList,
+    TripletBatch,
+    TripletImages,
+    collate_images,
+    collate_triplets,
+    drop_missing,
+    drop_missing_eval,
+)
 from data.text import Vocabulary
+from tests.helpers import write_fashion200k, write_fashioniq, write_image, write_shoes
 
 
-def save(path, mode="RGB", size=(12, 20), color=(200, 30, 30), **kw):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).convert(mode).save(path, **kw)
-    return path
-
-
-def write_fashioniq(root):
+def fashioniq_with_images(root):
     """fashionIQ/ with 4 images (A1..A4) and 2 annotations per split -> 4 triplets / queries."""
-    ann = root / "fashionIQ" / "annotations"
     rows = [{"candidate": "A1", "target": "A2", "captions": ["is red", "has long sleeves"]},
             {"candidate": "A3", "target": "A4", "captions": ["is blue", "is shorter"]}]
-    for split in ("train", "val"):
-        for sub, name, data in (("captions", "cap", rows), ("image_splits", "split", ["A1", "A2", "A3", "A4"])):
-            (ann / sub).mkdir(parents=True, exist_ok=True)
-            (ann / sub / f"{name}.dress.{split}.json").write_text(json.dumps(data))
+    write_fashioniq(root, annotations=rows)
     for i, size in enumerate([(12, 20), (20, 12), (1, 1), (30, 30)], 1):
-        save(root / "fashionIQ" / "img" / f"A{i}.jpg", size=size)
+        write_image(root / "fashionIQ" / "img" / f"A{i}.jpg", size=size)
     return open_dataset(Config(dataset="fashioniq", data_root=str(root), categories="dress"))
 
 
@@ -41,7 +37,7 @@ def write_fashioniq(root):
 @pytest.mark.parametrize("mode,kw", [("L", {}), ("CMYK", {}), ("RGBA", {}), ("P", {}), ("I;16", {}), ("1", {})])
 def test_load_image_any_mode_to_rgb(tmp_path, mode, kw):
     suffix = ".jpg" if mode in ("CMYK", "L") else ".png"
-    image = load_image(save(tmp_path / f"x{suffix}", mode=mode, size=(8, 8)))
+    image = load_image(write_image(tmp_path / f"x{suffix}", mode=mode, size=(8, 8)))
     assert image.mode == "RGB" and image.size == (8, 8)
 
 
@@ -53,9 +49,9 @@ def test_transparency_and_padding_are_white(tmp_path):
     palette.putpalette([0, 0, 0] * 256)
     palette.save(tmp_path / "pal.png", transparency=0)
     assert np.asarray(load_image(tmp_path / "pal.png")).min() == 255
-    tall = np.asarray(load_image(save(tmp_path / "tall.png", size=(2, 6), color=(0, 0, 0))))
+    tall = np.asarray(load_image(write_image(tmp_path / "tall.png", size=(2, 6), color=(0, 0, 0))))
     assert tall.shape == (6, 6, 3) and tall[:, 0].min() == 255 and tall[:, 2:4].max() == 0
-    assert load_image(save(tmp_path / "dot.png", size=(1, 1))).size == (1, 1)
+    assert load_image(write_image(tmp_path / "dot.png", size=(1, 1))).size == (1, 1)
 
 
 def test_empty_and_corrupt_images_name_the_file(tmp_path):
@@ -65,7 +61,7 @@ def test_empty_and_corrupt_images_name_the_file(tmp_path):
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match=r"junk\.jpg: unreadable image"):
         load_image(tmp_path / "junk.jpg")
-    data = save(tmp_path / "full.jpg", size=(64, 64)).read_bytes()
+    data = write_image(tmp_path / "full.jpg", size=(64, 64)).read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"cut\.jpg: unreadable image"):
         load_image(tmp_path / "cut.jpg")
@@ -75,7 +71,7 @@ def test_empty_and_corrupt_images_name_the_file(tmp_path):
 
 def test_transforms_scale_with_crop_size(tmp_path):
     assert resize_size(224) == 256 and resize_size(64) == 73
-    image = load_image(save(tmp_path / "x.png", size=(50, 90)))
+    image = load_image(write_image(tmp_path / "x.png", size=(50, 90)))
     for transform in (train_transform(64), eval_transform(64)):
         x = transform(image)
         assert x.shape == (3, 64, 64) and x.dtype == torch.float32
@@ -86,7 +82,7 @@ def test_transforms_scale_with_crop_size(tmp_path):
 # ---- datasets and batches ----
 
 def test_triplet_loader_end_to_end(tmp_path):
-    fmt = write_fashioniq(tmp_path)
+    fmt = fashioniq_with_images(tmp_path)
     triplets = fmt.train_triplets()
     vocab = Vocabulary.build(fmt.train_captions())
     data = TripletImages(fmt, triplets, vocab, train_transform(32))
@@ -106,7 +102,7 @@ def test_triplet_loader_end_to_end(tmp_path):
 
 
 def test_gallery_loader(tmp_path):
-    fmt = write_fashioniq(tmp_path)
+    fmt = fashioniq_with_images(tmp_path)
     (val,) = fmt.eval_splits("val")
     paths = [fmt.image_path(i) for i in val.gallery]
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
@@ -118,7 +114,7 @@ def test_gallery_loader(tmp_path):
 
 
 def test_drop_missing_reports_and_fails_when_empty(tmp_path, capsys):
-    fmt = write_fashioniq(tmp_path)
+    fmt = fashioniq_with_images(tmp_path)
     (tmp_path / "fashionIQ" / "img" / "A4.jpg").unlink()
     fmt = open_dataset(fmt.cfg)  # a fresh image index
     kept = drop_missing(fmt, fmt.train_triplets())
@@ -136,19 +132,13 @@ def test_drop_missing_reports_and_fails_when_empty(tmp_path, capsys):
 
 
 def test_shoes_and_fashion200k_load_through_dataloader(tmp_path):
-    ann = tmp_path / "shoes" / "annotations"
-    ann.mkdir(parents=True)
-    (ann / "relative_captions_shoes.json").write_text(json.dumps(
-        [{"ImageName": "b.jpg", "ReferenceImageName": "a.jpg", "RelativeCaption": "is darker"}]))
-    (ann / "train_im_names.txt").write_text("a.jpg\nb.jpg\n")
-    (ann / "eval_im_names.txt").write_text("c.jpg\n")
+    write_shoes(tmp_path, [{"ImageName": "b.jpg", "ReferenceImageName": "a.jpg", "RelativeCaption": "is darker"}],
+                ["a.jpg", "b.jpg"], ["c.jpg"])
     for name in ("a.jpg", "b.jpg"):
-        save(tmp_path / "shoes" / "images" / "womens" / "boots" / name)
-    labels = tmp_path / "fashion200K" / "labels"
-    labels.mkdir(parents=True)
-    (labels / "dress_train_detect_all.txt").write_text("women/d/0.jpeg\t1\tred dress\nwomen/d/1.jpeg\t1\tblue dress\n")
+        write_image(tmp_path / "shoes" / "images" / "womens" / "boots" / name)
+    write_fashion200k(tmp_path, {"dress": [("women/d/0.jpeg", "red dress"), ("women/d/1.jpeg", "blue dress")]})
     for i in (0, 1):
-        save(tmp_path / "fashion200K" / "women" / "d" / f"{i}.jpeg")
+        write_image(tmp_path / "fashion200K" / "women" / "d" / f"{i}.jpeg")
     for dataset in ("shoes", "fashion200k"):
         fmt = open_dataset(Config(dataset=dataset, data_root=str(tmp_path)))
         vocab = Vocabulary.build(fmt.train_captions(), fmt.vocab_specials)
@@ -162,12 +152,12 @@ def test_shoes_and_fashion200k_load_through_dataloader(tmp_path):
 # ---- the dataset doctor ----
 
 def test_check_reports_missing_and_unreadable(tmp_path, capsys):
-    write_fashioniq(tmp_path)
+    fashioniq_with_images(tmp_path)
     (tmp_path / "fashionIQ" / "img" / "A2.jpg").unlink()
     (tmp_path / "fashionIQ" / "img" / "A3.jpg").write_bytes(b"")
     listing = tmp_path / "missing.txt"
     assert check.main(["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress",
-                       "--write_missing", str(listing)]) == 0
+                       "--write_missing", str(listing)]) == 1  # images are missing: a script can tell
     out = capsys.readouterr().out
     rows = [line.split()[1:] for line in out.splitlines() if line.startswith("dress")]
     # images table (listed, missing, unreadable), then the items table (triplets/queries, lost to each)
@@ -176,3 +166,5 @@ def test_check_reports_missing_and_unreadable(tmp_path, capsys):
     lines = listing.read_text().splitlines()
     assert lines[0].startswith("missing\t") and lines[0].endswith("A2.jpg")
     assert lines[1].startswith("unreadable\t") and "A3.jpg\tempty file" in lines[1]
+    assert check.main(["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress",
+                       "--allow_missing"]) == 0

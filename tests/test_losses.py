@@ -1,4 +1,5 @@
-"""The MANME objective (MANME.md §3) against its definitions, per variant, and double-precision gradchecks."""
+"""The MANME objective (MANME.md §3, objective, overlap) against its definitions, per variant, and
+double-precision gradchecks."""
 import copy
 import functools
 
@@ -7,9 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from config import resolve
-from models import VARIANTS
 from losses import LossOutput, RetrievalLoss
-from models import build_model
+from models import VARIANTS, build_model
 
 D = 16
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 BOTH_ATTENTIONS = ("manme", "artemis")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small(name, lambda_me=None, lambda_ov=0.0, dtype=torch.float32):
     if dtype != torch.float32:
         model, cfg = small(name, lambda_me, lambda_ov)
@@ -34,12 +34,20 @@ def small(name, lambda_me=None, lambda_ov=0.0, dtype=torch.float32):
 
 def batch(model, b=6, dtype=torch.float32, seed=3):
     gen = torch.Generator().manual_seed(seed)
-    unit = lambda: F.normalize(torch.randn(b, D, generator=gen, dtype=dtype), dim=-1)
+
+    def unit():
+        return F.normalize(torch.randn(b, D, generator=gen, dtype=dtype), dim=-1)
     return {g: unit() for g in model.grains}, unit(), {g: unit() for g in model.grains}
 
 
+def attended(a, t):
+    """L2(a_i ⊙ t_j) for every pair: (B, B, d)."""
+    return F.normalize(a[:, None, :] * t[None], dim=-1)
+
+
 def definitions(model, cfg, reference, text, targets):
-    """sim/me/overlap per grain, written from MANME.md §2-§3 with broadcast scores."""
+    """sim/me/overlap per grain, written from MANME.md §2 (attention compositor, matmul scoring)-§3 with
+    broadcast scores."""
     tau = model.log_temperature.exp()
     projection = F.normalize(model.text_projection(text), dim=-1)
     relevance = F.normalize(cfg.alpha * text + (1 - cfg.alpha) * projection, dim=-1)
@@ -47,9 +55,8 @@ def definitions(model, cfg, reference, text, targets):
     for g in model.grains:
         a_mod, a_pre = model.block(g).modification(text), model.block(g).preservation(text)
         r, t = reference[g], targets[g]
-        attended = lambda a: F.normalize(a[:, None, :] * t[None], dim=-1)            # (B, B, d)
-        s_mod = (projection[:, None] * attended(a_mod)).sum(-1)
-        s_pre = (F.normalize(a_pre * r, dim=-1)[:, None] * attended(a_pre)).sum(-1)
+        s_mod = (projection[:, None] * attended(a_mod, t)).sum(-1)
+        s_pre = (F.normalize(a_pre * r, dim=-1)[:, None] * attended(a_pre, t)).sum(-1)
         logits = tau * (s_mod + s_pre)
         out[f"sim/{g}"] = -torch.log_softmax(logits, dim=1).diagonal().mean()
         rel_mod = (relevance * F.normalize(a_mod * t, dim=-1)).sum(-1)
@@ -149,7 +156,8 @@ def test_gradcheck_losses(name):
     reference, text, targets = batch(model, b=3, dtype=torch.float64)
     grains = model.grains
     inputs = [reference[g] for g in grains] + [text] + [targets[g] for g in grains]
-    inputs = [x.clone().requires_grad_(True) for x in inputs] + [torch.tensor(1.3, dtype=torch.float64, requires_grad=True)]
+    kappa = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    inputs = [x.clone().requires_grad_(True) for x in inputs] + [kappa]
     names = ["sim", "me", "overlap"] if name in BOTH_ATTENTIONS else ["sim"]
 
     def loss(*xs):

@@ -1,4 +1,4 @@
-"""Encoders, freezing, weights and GloVe loading, and a small end-to-end overfit (MANME.md §1, §5)."""
+"""Encoders, freezing, weights and GloVe loading, and a small end-to-end overfit (MANME.md §1, encoders; §5)."""
 import itertools
 import logging
 
@@ -7,11 +7,10 @@ import torch
 import torchvision
 
 from config import resolve
-from models import GRAINS
 from losses import RetrievalLoss
-from models import build_model
+from models import GRAINS, build_model
 from models.glove import glove_cache_path, load_glove
-from models.image_encoder import ImageEncoder, WEIGHT_FILES
+from models.image_encoder import WEIGHT_FILES, ImageEncoder
 
 GRAIN_SUBSETS = [",".join(c) for n in (1, 2, 3) for c in itertools.combinations(GRAINS, n)]
 
@@ -31,7 +30,8 @@ def test_image_shapes_at_64_and_224(backbone):
     encoder = ImageEncoder(backbone, "none", list(GRAINS), embed_dim=24).eval()
     with torch.no_grad():
         maps = encoder.feature_maps(torch.randn(1, 3, 224, 224))
-        assert {g: tuple(x.shape[-2:]) for g, x in maps.items()} == {"coarse": (7, 7), "mid": (14, 14), "fine": (28, 28)}
+        expected = {"coarse": (7, 7), "mid": (14, 14), "fine": (28, 28)}
+        assert {g: tuple(x.shape[-2:]) for g, x in maps.items()} == expected
         for size in (64, 224):
             out = encoder(torch.randn(2, 3, size, size))
             assert list(out) == list(GRAINS)
@@ -167,7 +167,8 @@ def write_glove(path, rows):
 
 def test_glove_reads_caches_and_invalidates(tmp_path, caplog, monkeypatch):
     glove = tmp_path / "glove.tiny.4d.txt"
-    write_glove(glove, [("red", [1, 2, 3, 4]), (". . .", [9, 9, 9, 9]), ("dress", [0.5, 0, 0, -1]), ("red", [7, 7, 7, 7])])
+    write_glove(glove, [("red", [1, 2, 3, 4]), (". . .", [9, 9, 9, 9]), ("dress", [0.5, 0, 0, -1]),
+                        ("red", [7, 7, 7, 7])])
     words = ["<pad>", "<start>", "red", "dress", "longer"]
     cache = glove_cache_path(tmp_path / "vocab" / "shoes_vocab.json", glove)
     assert cache == tmp_path / "vocab" / "shoes_vocab.glove.tiny.4d.pt"

@@ -6,10 +6,9 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY_TRAIN, read_jsonl, run_cli
 
-TINY = [*TINY, "--batch_size", "8", "--log_every", "2"]
-run = run_cli
+pytestmark = pytest.mark.slow  # every test runs train.py and evaluate.py as commands
 
 
 @pytest.fixture(scope="module", params=["fashioniq", "shoes", "fashion200k"])
@@ -17,10 +16,10 @@ def trained(request, tiny_root, tmp_path_factory):
     dataset = request.param
     out = tmp_path_factory.mktemp(f"run_{dataset}")
     vocab_dir = out / "vocab"
-    run("vocab.py", "--dataset", dataset, "--data_root", tiny_root, "--vocab_dir", vocab_dir)
-    run("train.py", "--dataset", dataset, "--data_root", tiny_root, "--vocab_dir", vocab_dir,
-        "--output_dir", out, "--exp_name", "t", "--two_stage", "--num_epochs", "1", "--finetune_epochs", "1",
-        "--max_steps", "3", *TINY)
+    run_cli("vocab.py", "--dataset", dataset, "--data_root", tiny_root, "--vocab_dir", vocab_dir)
+    run_cli("train.py", "--dataset", dataset, "--data_root", tiny_root, "--vocab_dir", vocab_dir,
+            "--output_dir", out, "--exp_name", "t", "--two_stage", "--num_epochs", "1", "--finetune_epochs", "1",
+            "--max_steps", "3", *TINY_TRAIN)
     return dataset, out / "t", tiny_root
 
 
@@ -32,7 +31,7 @@ def test_two_stage_run_writes_every_file(trained):
     for stage in ("stage1", "stage2"):
         for name in ("last.pt", "best.pt", "train_log.jsonl"):
             assert (run_dir / stage / name).is_file(), f"{stage}/{name} missing"
-        rows = [json.loads(line) for line in (run_dir / stage / "train_log.jsonl").read_text().splitlines()]
+        rows = read_jsonl(run_dir / stage / "train_log.jsonl")
         assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) == 3
         for key in ("epoch", "loss", "lr", "temperature", "sim"):
             assert key in rows[0], key
@@ -44,11 +43,11 @@ def test_two_stage_run_writes_every_file(trained):
 def test_evaluate_writes_consistent_metrics(trained, tmp_path):
     dataset, run_dir, root = trained
     out = tmp_path / "eval"
-    proc = run("evaluate.py", "--ckpt", run_dir / "stage2" / "best.pt", "--data_root", root,
-               "--output_dir", out, "--device", "cpu", "--num_workers", "0")
+    proc = run_cli("evaluate.py", "--ckpt", run_dir / "stage2" / "best.pt", "--data_root", root,
+                   "--output_dir", out, "--device", "cpu", "--num_workers", "0")
     assert "R@10" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    rankings = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
+    rankings = read_jsonl(out / "rankings.jsonl")
     assert metrics["dataset"] == dataset and metrics["split"] == "val"
     assert sum(m["n_queries"] for m in metrics["per_category"].values()) == len(rankings)
     for row in rankings:
@@ -62,8 +61,8 @@ def test_evaluate_writes_consistent_metrics(trained, tmp_path):
             hits = sum(any(t in r["ranking"][:k] for t in r["targets"]) for r in rows)
             assert abs(100 * hits / len(rows) - m[key]) < 1e-6, (cat, key)
     if dataset == "fashioniq":
-        from data.formats import open_dataset
         from config import resolve
+        from data.formats import open_dataset
         fmt = open_dataset(resolve({"dataset": "fashioniq", "data_root": str(root)}))
         n_annotations = sum(len(json.loads(p.read_text())) for p in
                             (fmt.root / "annotations" / "captions").glob("cap.*.val.json"))
@@ -74,7 +73,8 @@ def test_evaluate_writes_consistent_metrics(trained, tmp_path):
 
 
 def test_stage2_without_stage1_is_a_clear_error(tiny_root, tmp_path):
-    run("vocab.py", "--dataset", "shoes", "--data_root", tiny_root, "--vocab_dir", tmp_path / "v")
-    proc = run("train.py", "--dataset", "shoes", "--data_root", tiny_root, "--vocab_dir", tmp_path / "v",
-               "--output_dir", tmp_path, "--exp_name", "x", "--img_finetune", "--txt_finetune", *TINY, check=False)
+    run_cli("vocab.py", "--dataset", "shoes", "--data_root", tiny_root, "--vocab_dir", tmp_path / "v")
+    proc = run_cli("train.py", "--dataset", "shoes", "--data_root", tiny_root, "--vocab_dir", tmp_path / "v",
+                   "--output_dir", tmp_path, "--exp_name", "x", "--img_finetune", "--txt_finetune", *TINY_TRAIN,
+                   check=False)
     assert proc.returncode != 0 and "stage-1 checkpoint" in proc.stderr

@@ -11,7 +11,7 @@ from config import resolve
 from engine.ranking import rank_queries
 from models import build_model
 from models.baselines import GatedResidual
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 # What the release's train.py / option.py / scripts/release_script.sh do, per dataset.
 RELEASE = {

@@ -1,4 +1,4 @@
-"""Nothing lost (issue 6): exact resume after SIGKILL and SIGTERM, SIGINT, damaged checkpoints falling back
+"""Nothing lost: exact resume after SIGKILL and SIGTERM, SIGINT, damaged checkpoints falling back
 to the previous one, safe loading, non-finite losses.
 
 The kill-and-resume test trains the same tiny run twice on the CPU with a fixed seed: A uninterrupted (in
@@ -22,35 +22,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ONE_THREAD_ENV, ROOT, one_thread
+from tests.helpers import ONE_THREAD_ENV, ROOT, TINY
+from tests.helpers import read_jsonl as rows
+from tests.helpers import train_in_process as train_here
 
 STEPS_PER_EPOCH = 6      # 48 Shoes triplets in the tiny fixture, batch 8
 EPOCHS = 2
-FLAGS = ["--dataset", "shoes", "--backbone", "resnet18", "--backbone_weights", "none", "--crop_size", "32",
-         "--embed_dim", "64", "--word_dim", "32", "--batch_size", "8", "--num_workers", "0", "--device", "cpu",
-         "--eval_batch_size", "32", "--log_every", "1", "--save_every_steps", "2", "--num_epochs", str(EPOCHS),
-         "--step_lr", "1", "--seed", "3", "--no-val_figure"]
-ENV = ONE_THREAD_ENV
-
-
-def train_here(*argv):
-    import train
-    with one_thread():
-        train.main([str(a) for a in argv])
+FLAGS = ["--dataset", "shoes", *TINY, "--batch_size", "8", "--log_every", "1", "--save_every_steps", "2",
+         "--num_epochs", str(EPOCHS), "--step_lr", "1", "--seed", "3"]
 
 
 def start(out: Path, name: str, *argv, **kw) -> subprocess.Popen:
     log = open(out / f"{name}.out", "w")
-    return subprocess.Popen([sys.executable, "train.py", *map(str, argv)], cwd=ROOT, env=ENV, stdout=log,
-                            stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def rows(log: Path) -> list[dict]:
-    """The complete lines of a train_log.jsonl (a line being appended is not counted)."""
-    if not log.exists():
-        return []
-    text = log.read_text()
-    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
+    return subprocess.Popen([sys.executable, "train.py", *map(str, argv)], cwd=ROOT, env=ONE_THREAD_ENV,
+                            stdout=log, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def wait_for_rows(proc: subprocess.Popen, log: Path, n: int, timeout: float = 180) -> None:
@@ -73,7 +58,8 @@ def vocab_dir(tiny_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(tiny_root, vocab_dir, tmp_path_factory):
-    """A: uninterrupted. B: SIGKILL, resume (2 workers) + SIGTERM to the process group, resume to the end."""
+    """A: uninterrupted. B: SIGKILL, resume (2 workers) + SIGTERM to the process group, resume to the end.
+    Two runs of 12 steps, one of them as commands: the tests that use it are marked slow."""
     out = tmp_path_factory.mktemp("resume_runs")
     flags = [*FLAGS, "--data_root", tiny_root, "--vocab_dir", vocab_dir, "--output_dir", out]
     log_b = out / "B" / "stage1" / "train_log.jsonl"
@@ -113,6 +99,7 @@ def runs(tiny_root, vocab_dir, tmp_path_factory):
     return out, info
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_logs_the_same_losses(runs):
     out, info = runs
     a = rows(out / "A" / "stage1" / "train_log.jsonl")
@@ -133,6 +120,7 @@ def test_killed_and_resumed_run_logs_the_same_losses(runs):
         assert torch.allclose(state["exp_avg"], sb["optimizer"]["state"][n]["exp_avg"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(runs):
     _, info = runs
     text = info["second_out"]
@@ -145,6 +133,7 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(runs):
     assert info["stopped_at"] < EPOCHS * STEPS_PER_EPOCH, "stopped mid-epoch 2"
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_falls_back_to_previous(runs, tmp_path, capsys):
     out, _ = runs
     shutil.copytree(out / "A", tmp_path / "D")
@@ -164,6 +153,7 @@ def test_damaged_last_checkpoint_falls_back_to_previous(runs, tmp_path, capsys):
     assert rows(last.parent / "train_log.jsonl") == rows(out / "A" / "stage1" / "train_log.jsonl")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_damaged_checkpoint_error_names_the_file(runs, tmp_path, damage):
     from engine.checkpoint import CheckpointError, load_checkpoint
@@ -203,6 +193,7 @@ def test_resume_points_are_exact_suffixes_of_the_epoch_order():
             assert list(sampler) == full[start * 4:] and len(sampler) == len(full) - start * 4
 
 
+@pytest.mark.slow
 def test_resume_path_continues_its_own_stage(tiny_root, vocab_dir, tmp_path, capsys):
     flags = [*FLAGS, "--data_root", tiny_root, "--vocab_dir", vocab_dir, "--output_dir", tmp_path, "--exp_name", "t",
              "--two_stage", "--num_epochs", "1", "--finetune_epochs", "1", "--max_steps", "1", "--no-validate"]
@@ -325,6 +316,7 @@ class RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 def test_checkpoint_that_runs_code_is_refused(runs, tmp_path):
     import evaluate
     from engine.checkpoint import CheckpointError, load_checkpoint

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import shutil
 
 import pytest
 import torch
 
-from tests.test_visualize import read_png, run, tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tiny_root, tmp_path_factory):
-    return tiny_checkpoint(tiny_root, tmp_path_factory)
+from tests.helpers import read_jsonl, read_png, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +48,14 @@ def rankings(ckpt, tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     evaluate.main(["--ckpt", str(ckpt), "--data_root", str(tiny_root), "--output_dir", str(out), "--device", "cpu",
                    "--num_workers", "0", "--categories", "dress"])
-    return [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
+    return read_jsonl(out / "rankings.jsonl")
 
 
 def find(folder, image_id):
     return next(folder.rglob(f"{image_id}.*"))
 
 
+@pytest.mark.slow
 def test_index_file(index, gallery, ckpt):
     from tools.search_index import file_sha256
     path, stderr = index
@@ -79,13 +74,14 @@ def test_index_file(index, gallery, ckpt):
     assert len(state["skipped"]) == 2 and "notes.txt" not in stderr
 
 
+@pytest.mark.slow
 def test_query_matches_evaluation_rankings(index, gallery, rankings):
     path, _ = index
     folder, _ = gallery
     row = rankings[0]
     assert " <and> " in row["text"]  # FashionIQ's two-caption form, exactly as rankings.jsonl writes it
-    proc = run("retrieve.py", "query", "--index", path, "--image", find(folder, row["reference"]),
-               "--text", row["text"], "--k", "10", "--device", "cpu")
+    proc = run_cli("retrieve.py", "query", "--index", path, "--image", find(folder, row["reference"]),
+                   "--text", row["text"], "--k", "10", "--device", "cpu")
     lines = proc.stdout.strip().splitlines()
     got = [line.split()[1].rsplit("/", 1)[-1].split(".")[0] for line in lines]
     scores = [float(line.split()[0]) for line in lines]
@@ -94,19 +90,21 @@ def test_query_matches_evaluation_rankings(index, gallery, rankings):
     assert row["reference"] not in got and "left out of the ranking" in proc.stderr
 
 
+@pytest.mark.slow
 def test_every_query_matches_in_process(ckpt, index, gallery, rankings):
     from engine.inference import load_trained
     from tools.search_index import load_index, search
     path, _ = index
     folder, _ = gallery
     trained = load_trained(ckpt, {"device": "cpu"})
-    model, cfg, vocab = trained.model, trained.cfg, trained.vocab
+    model, vocab = trained.model, trained.vocab
     loaded = load_index(path)
     for row in rankings[::6]:
         result = search(model, vocab, loaded, find(folder, row["reference"]), row["text"], 10, torch.device("cpu"))
         assert [p.stem for p in result.paths] == row["ranking"][:10], row["query"]
 
 
+@pytest.mark.slow
 def test_query_outside_index_png_and_unknown_words(index, gallery, tiny_root, tmp_path, capsys):
     import retrieve
     from config import resolve
@@ -115,8 +113,8 @@ def test_query_outside_index_png_and_unknown_words(index, gallery, tiny_root, tm
     fmt = open_dataset(resolve({"dataset": "fashioniq", "data_root": str(tiny_root)}))
     outside = fmt.image_path(next(s for s in fmt.eval_splits("val") if s.category == "shirt").gallery[0])
     png = tmp_path / "result.png"
-    retrieve.main(["query", "--index", str(path), "--image", str(outside), "--text", "is blue <and> has florbish sleeves",
-                   "--k", "5", "--png", str(png), "--device", "cpu"])
+    retrieve.main(["query", "--index", str(path), "--image", str(outside), "--text",
+                   "is blue <and> has florbish sleeves", "--k", "5", "--png", str(png), "--device", "cpu"])
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 5
     assert "warning: not in the vocabulary" in err and "florbish" in err
@@ -124,6 +122,7 @@ def test_query_outside_index_png_and_unknown_words(index, gallery, tiny_root, tm
     assert read_png(png).width == 1000
 
 
+@pytest.mark.slow
 def test_wrong_checkpoint_is_refused(index, gallery, ckpt, tmp_path):
     import retrieve
     path, _ = index
@@ -140,6 +139,7 @@ def test_wrong_checkpoint_is_refused(index, gallery, ckpt, tmp_path):
 
 def test_unsafe_or_foreign_index_is_refused(tmp_path):
     from pathlib import Path
+
     from tools.search_index import load_index
     unsafe = tmp_path / "unsafe.index"
     torch.save({"format": "manme-search-index", "root": Path("/")}, unsafe)  # a pickled Python object
@@ -153,11 +153,12 @@ def test_unsafe_or_foreign_index_is_refused(tmp_path):
         load_index(tmp_path / "missing.index")
 
 
+@pytest.mark.slow
 def test_index_errors(ckpt, tmp_path):
     import retrieve
     (tmp_path / "empty_folder").mkdir()
-    proc = run("retrieve.py", "index", "--ckpt", ckpt, "--images", tmp_path / "empty_folder",
-               "--out", tmp_path / "x.index", check=False)
+    proc = run_cli("retrieve.py", "index", "--ckpt", ckpt, "--images", tmp_path / "empty_folder",
+                   "--out", tmp_path / "x.index", check=False)
     assert proc.returncode != 0 and proc.stderr.startswith("error:") and "no image files" in proc.stderr
     with pytest.raises(FileNotFoundError, match="no such folder"):
         retrieve.main(["index", "--ckpt", str(ckpt), "--images", str(tmp_path / "absent"),

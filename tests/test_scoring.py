@@ -1,4 +1,5 @@
-"""Matmul scoring (MANME.md §2) against a naive broadcast reference that materialises A_i ⊙ t_j for all pairs."""
+"""Matmul scoring (MANME.md §2, attention compositor, matmul scoring) against a naive broadcast reference that
+materialises A_i ⊙ t_j for all pairs."""
 import copy
 import functools
 
@@ -17,7 +18,7 @@ D = 16
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_model(name, grains="coarse,mid,fine", dtype=torch.float32, share_attention=False):
     if dtype != torch.float32:
         model, cfg = small_model(name, grains, torch.float32, share_attention)
@@ -30,7 +31,9 @@ def small_model(name, grains="coarse,mid,fine", dtype=torch.float32, share_atten
 
 def random_inputs(model, q=5, g=7, dtype=torch.float32, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    unit = lambda n: F.normalize(torch.randn(n, D, generator=gen, dtype=dtype), dim=-1)
+
+    def unit(n):
+        return F.normalize(torch.randn(n, D, generator=gen, dtype=dtype), dim=-1)
     reference = {grain: unit(q) for grain in model.grains}
     targets = {grain: unit(g) for grain in model.grains}
     return reference, unit(q), targets
@@ -42,7 +45,8 @@ def pairwise_attended_cosine(u, a, t):
 
 
 def broadcast_scores(model, reference, text, targets):
-    """grain -> (Q, G), written from MANME.md §2/§4 independently of the models' scoring code."""
+    """grain -> (Q, G), written from MANME.md §2 (attention compositor, matmul scoring)/§4 independently of the
+    models' scoring code."""
     name = type(model).__name__
     out = {}
     for g in model.grains:
@@ -56,10 +60,16 @@ def broadcast_scores(model, reference, text, targets):
                 a = block.preservation(text)
                 s = s + pairwise_attended_cosine(F.normalize(a * r, dim=-1), a, t)
         else:
-            composed = {"TIRG": lambda: F.normalize(model.composers[g if g in model.composers else "shared"](r, text), dim=-1),
-                        "LateFusion": lambda: F.normalize(r + text, dim=-1),
-                        "CrossModal": lambda: text,
-                        "VisualSearch": lambda: r}[name]()
+            if name == "TIRG":
+                composed = F.normalize(model.composers[g if g in model.composers else "shared"](r, text), dim=-1)
+            elif name == "LateFusion":
+                composed = F.normalize(r + text, dim=-1)
+            elif name == "CrossModal":
+                composed = text
+            elif name == "VisualSearch":
+                composed = r
+            else:
+                raise KeyError(name)
             s = (composed[:, None, :] * t[None, :, :]).sum(-1)
         out[g] = s
     return out
@@ -218,6 +228,11 @@ def test_pairwise_dot_paths_agree(onednn_calls):
     assert len(onednn_calls) == 1 and torch.allclose(leaf.grad, b.sum(0).expand_as(a))
 
 
+def query_rows(query, start, stop):
+    """Queries start:stop of a composed query batch."""
+    return map_tensors(query, lambda t: t[start:stop])
+
+
 @pytest.mark.parametrize("name", ["manme", "tirg"])
 def test_evaluation_sized_scores_match_small_chunks(name, onednn_calls):
     """A 1024 x 1100 block (oneDNN) scores the same as 64-query slices of it (torch's product)."""
@@ -228,7 +243,6 @@ def test_evaluation_sized_scores_match_small_chunks(name, onednn_calls):
         whole = model.score(query, targets)
         assert onednn_calls, "the evaluation-sized product did not take the oneDNN path"
         n_calls = len(onednn_calls)
-        sliced = torch.cat([model.score(map_tensors(query, lambda t: t[i:i + 64]), targets)
-                            for i in range(0, 1024, 64)])
+        sliced = torch.cat([model.score(query_rows(query, i, i + 64), targets) for i in range(0, 1024, 64)])
     assert len(onednn_calls) == n_calls
     assert torch.allclose(whole, sliced, atol=1e-5)

@@ -1,7 +1,6 @@
 """Tokenisation and vocabulary; the published vocabulary sizes on the real annotation files."""
 import json
 import random
-from pathlib import Path
 
 import pytest
 from nltk.tokenize import word_tokenize
@@ -9,9 +8,6 @@ from nltk.tokenize import word_tokenize
 import vocab as vocab_script
 from config import Config
 from data.text import SPECIALS, Vocabulary, clean_caption, load_vocabulary, tokenize
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} absent")
 
 
 def test_cleaning_and_tokens():
@@ -60,18 +56,16 @@ def test_save_load_and_errors(tmp_path):
         load_vocabulary(cfg)
 
 
-@needs_shared
 @pytest.mark.parametrize("dataset,words", [("fashioniq", 3775), ("shoes", 1330)])
-def test_published_vocabulary_sizes(tmp_path, capsys, dataset, words):
-    assert vocab_script.main(["--dataset", dataset, "--data_root", str(SHARED), "--vocab_dir", str(tmp_path)]) == 0
+def test_published_vocabulary_sizes(shared_data, tmp_path, capsys, dataset, words):
+    assert vocab_script.main(["--dataset", dataset, "--data_root", str(shared_data), "--vocab_dir", str(tmp_path)]) == 0
     assert f"Vocabulary size: {words} words" in capsys.readouterr().out
     saved = json.loads((tmp_path / f"{dataset}_vocab.json").read_text())
     assert saved["words_count"] == words and saved["tokens"][:5] == list(SPECIALS)
 
 
-@needs_shared
-def test_tokenize_equals_nltk_on_real_captions():
-    rows = json.loads((SHARED / "shoes" / "annotations" / "relative_captions_shoes.json").read_text())
+def test_tokenize_equals_nltk_on_real_captions(shared_data):
+    rows = json.loads((shared_data / "shoes" / "annotations" / "relative_captions_shoes.json").read_text())
     for caption in [r["RelativeCaption"] for r in rows[::5]]:
         assert tokenize(caption) == word_tokenize(clean_caption(caption), preserve_line=True)
 

@@ -3,34 +3,13 @@ on a tiny FashionIQ checkpoint trained for two steps."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY, run_cli
-
-TINY = [*TINY, "--batch_size", "8", "--log_every", "2"]
-run = run_cli
-
-
-def tiny_checkpoint(tiny_root, tmp_path_factory) -> Path:
-    """A FashionIQ manme checkpoint after two optimizer steps, trained once per test session
-    (test_retrieve.py reuses it)."""
-    out = tmp_path_factory.getbasetemp() / "visualize_run"
-    ckpt = out / "t" / "stage1" / "best.pt"
-    if not ckpt.is_file():
-        run("vocab.py", "--dataset", "fashioniq", "--data_root", tiny_root, "--vocab_dir", out / "vocab")
-        run("train.py", "--dataset", "fashioniq", "--data_root", tiny_root, "--vocab_dir", out / "vocab",
-            "--output_dir", out, "--exp_name", "t", "--num_epochs", "1", "--max_steps", "2", *TINY)
-    return ckpt
-
-
-@pytest.fixture(scope="module")
-def ckpt(tiny_root, tmp_path_factory):
-    return tiny_checkpoint(tiny_root, tmp_path_factory)
+from tests.helpers import read_png, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +21,11 @@ def loaded(ckpt, tiny_root):
     return model, cfg, vocab, open_dataset(cfg)
 
 
-def read_png(path: Path) -> Image.Image:
-    assert path.is_file() and path.stat().st_size > 0
-    with open(path, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    image = Image.open(path)
-    image.load()
-    assert image.format == "PNG"
-    return image.convert("RGB")
-
-
 def not_blank(image: Image.Image) -> bool:
     return int(np.asarray(image).std()) > 10
 
 
+@pytest.mark.slow
 def test_retrievals_png(ckpt, tiny_root, tmp_path, capsys):
     import visualize
     out = tmp_path / "retrievals.png"
@@ -66,6 +36,7 @@ def test_retrievals_png(ckpt, tiny_root, tmp_path, capsys):
     assert image.width == 600 and 200 < image.height < 1200 and not_blank(image)
 
 
+@pytest.mark.slow
 def test_attention_png_and_overlaps(ckpt, tiny_root, tmp_path, capsys):
     import visualize
     out = tmp_path / "attention.png"
@@ -78,6 +49,7 @@ def test_attention_png_and_overlaps(ckpt, tiny_root, tmp_path, capsys):
         assert f"{grain}: attention overlap" in stdout
 
 
+@pytest.mark.slow
 def test_errors_are_clear(ckpt, tmp_path, capsys):
     import visualize
     with pytest.raises(SystemExit, match="error: give a command"):
@@ -85,11 +57,12 @@ def test_errors_are_clear(ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit):
         visualize.main(["retrievals", "--out", str(tmp_path / "x.png")])
     assert "--ckpt PATH is required" in capsys.readouterr().err
-    proc = run("visualize.py", "retrievals", "--ckpt", tmp_path / "missing.pt", "--out", tmp_path / "x.png",
-               check=False)
+    proc = run_cli("visualize.py", "retrievals", "--ckpt", tmp_path / "missing.pt", "--out", tmp_path / "x.png",
+                   check=False)
     assert proc.returncode != 0 and proc.stderr.startswith("error:") and "missing.pt" in proc.stderr
 
 
+@pytest.mark.slow
 def test_retrieval_rows_match_evaluation(loaded):
     """The figure ranks as evaluate() does: same top-k, reference excluded, target framed when retrieved."""
     from engine.evaluation import evaluate
@@ -105,6 +78,7 @@ def test_retrieval_rows_match_evaluation(loaded):
         assert row.scores == sorted(row.scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_tensorboard_hook(loaded):
     from tools.figures import log_retrieval_figure
 
@@ -120,9 +94,10 @@ def test_tensorboard_hook(loaded):
     assert image.dtype == np.uint8 and image.shape[1] == 500 and image.shape[2] == 3
 
 
+@pytest.mark.slow
 def test_attention_maps_are_grad_cam_of_each_part(loaded):
-    from tools.figures import attention_maps
     from engine.inference import embed_texts
+    from tools.figures import attention_maps
     model, cfg, vocab, fmt = loaded
     torch.manual_seed(0)
     reference, target = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
@@ -143,6 +118,7 @@ def test_attention_maps_are_grad_cam_of_each_part(loaded):
         assert 0 <= map_overlap[g] <= 1 + 1e-6
 
 
+@pytest.mark.slow
 def test_attention_needs_score_parts(loaded):
     from config import resolve
     from models import build_model
@@ -169,6 +145,7 @@ def test_draw_retrievals_layout(tmp_path):
         draw_retrievals([])
 
 
+@pytest.mark.slow
 def test_profile(loaded):
     from tools.profile import format_profile, profile_model
     model, cfg, vocab, fmt = loaded

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,9 +109,6 @@ def save_png(image: Image.Image, path: str | Path, colors: int = 0) -> None:
     if colors:
         image = image.convert("RGB").quantize(min(256, colors), method=Image.Quantize.MEDIANCUT)
     atomic_write(path, lambda f: image.save(f, format="PNG", optimize=True), binary=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 # ----------------------------------------------------------------------------- retrieval grid
@@ -127,8 +123,10 @@ class RetrievalRow:
     category: str = ""
 
 
-def draw_retrievals(rows: list[RetrievalRow], width: int = WIDTH, title: str = "") -> Image.Image:
-    """One row per query: reference | top-k with scores; caption above; correct targets framed green."""
+def draw_retrievals(rows: list[RetrievalRow], width: int = WIDTH, title: str = "",
+                    upright: bool = False) -> Image.Image:
+    """One row per query: reference | top-k with scores; caption above; correct targets framed green.
+    `upright` applies EXIF orientation, for a user's own photos (retrieve.py)."""
     if not rows:
         raise ValueError("no query to draw")
     k = max(1, max(len(r.results) for r in rows))
@@ -158,13 +156,13 @@ def draw_retrievals(rows: list[RetrievalRow], width: int = WIDTH, title: str = "
             draw.text((MARGIN, y), line, font=big, fill=BLACK)
             y += line_height(big)
         y += 2
-        canvas.paste(thumbnail(load_image(row.reference), side), (MARGIN, y))
+        canvas.paste(thumbnail(load_image(row.reference, upright), side), (MARGIN, y))
         centred(draw, MARGIN, side, y + side + 1, "reference", small, GREY)
         x_line = MARGIN + side + separator // 2
         draw.line([x_line, y, x_line, y + side], fill=GREY, width=2)
         for j, (path, score) in enumerate(zip(row.results, row.scores)):
             x = MARGIN + side + separator + j * (side + GAP)
-            canvas.paste(thumbnail(load_image(path), side), (x, y))
+            canvas.paste(thumbnail(load_image(path, upright), side), (x, y))
             hit = path in row.targets
             if hit:
                 frame(draw, x, y, side, GREEN, 3)
@@ -316,10 +314,14 @@ def attention_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 
 def _part_names(model) -> list[str]:
     d = model.embed_dim
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # one probe query: BatchNorm layers (TIRG's) need eval mode for a batch of one
     with torch.no_grad():
         unit = F.normalize(torch.ones(1, d, device=device), dim=-1)
         grains = {g: unit for g in model.grains}
-        return list(model.score_parts(model.compose(grains, unit), grains))
+        names = list(model.score_parts(model.compose(grains, unit), grains))
+    model.train(was_training)
+    return names
 
 
 def draw_attention(rows: list[AttentionRow], grains: list[str], width: int = WIDTH, title: str = "") -> Image.Image:
@@ -394,7 +396,8 @@ def attention_figure(model, fmt, vocab, cfg, device, split: str = "val", n: int 
                      title: str = "") -> tuple[Image.Image, list[AttentionRow]]:
     rows = attention_rows(model, fmt, vocab, cfg, device, split, n)
     if not title:
-        means = {g: sum(r.overlap[g] for r in rows) / len(rows) for g in model.grains if all(g in r.overlap for r in rows)}
+        means = {g: sum(r.overlap[g] for r in rows) / len(rows) for g in model.grains
+                 if all(g in r.overlap for r in rows)}
         title = f"{cfg.model} (lambda_me {cfg.lambda_me:g}) · {cfg.dataset} {split}"
         if means:
             title += " · mean overlap " + ", ".join(f"{g} {v:.2f}" for g, v in means.items())

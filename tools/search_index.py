@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from engine.inference import build_queries, embed_images, rank_gallery
+from utils.errors import UserError
 from utils.io import atomic_write
 
 FORMAT, VERSION = "manme-search-index", 1
@@ -84,7 +85,8 @@ def check_checkpoint(index: SearchIndex, checkpoint_path: str | Path, index_path
     digest = file_sha256(checkpoint_path)
     if digest != index.checkpoint["sha256"]:
         raise ValueError(f"{checkpoint_path} (sha256 {digest[:12]}) is not the checkpoint that built {index_path} "
-                         f"({index.checkpoint['path']}, sha256 {index.checkpoint['sha256'][:12]}): embeddings of different weights cannot be compared. "
+                         f"({index.checkpoint['path']}, sha256 {index.checkpoint['sha256'][:12]}): embeddings of "
+                         f"different weights cannot be compared. "
                          f"Query with the checkpoint the index was built with (omit --ckpt, or point it at a copy "
                          f"of that file), or rebuild the index with "
                          f"`retrieve.py index --ckpt {checkpoint_path} --images {index.root} --out ...`")
@@ -117,7 +119,7 @@ def build_index(model, folder: str | Path, checkpoint_path: str | Path, crop_siz
     if not files:
         raise FileNotFoundError(f"{folder}: no image files (.jpg, .jpeg, .png, .webp) in it or its subfolders")
     embedded = embed_images(model, files, crop_size, device, batch_size, num_workers, amp_dtype=amp_dtype,
-                            progress=progress, desc="index images")
+                            progress=progress, desc="index images", upright=True)
     skipped = [message if message.startswith(str(files[i])) else f"{files[i]}: {message}"
                for i, message in embedded.errors]
     return SearchIndex(root=str(root), paths=[files[i].relative_to(root).as_posix() for i in embedded.kept],
@@ -150,9 +152,35 @@ def load_index(path: str | Path) -> SearchIndex:
     if state.get("version") != VERSION:
         raise ValueError(f"{path}: index version {state.get('version')}, this code reads version {VERSION}; "
                          f"rebuild it with `retrieve.py index`")
+    check_index_state(state, path)
     return SearchIndex(root=state["root"], paths=list(state["paths"]), embeddings=dict(state["embeddings"]),
                        checkpoint=dict(state["checkpoint"]), crop_size=int(state["crop_size"]),
                        skipped=list(state["skipped"]))
+
+
+def check_index_state(state: dict, path: Path) -> None:
+    """Shapes, dtypes, finite values and matching counts of a loaded index; a UserError names the fault."""
+    rebuild = "rebuild it with `retrieve.py index`"
+    paths, embeddings = state.get("paths"), state.get("embeddings")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise UserError(f"{path}: 'paths' is not a list of file names; {rebuild}")
+    if not isinstance(embeddings, dict) or not embeddings:
+        raise UserError(f"{path}: no embeddings; {rebuild}")
+    widths = set()
+    for grain, x in embeddings.items():
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype != torch.float32:
+            raise UserError(f"{path}: {grain} embeddings are not an (N, d) float32 matrix; {rebuild}")
+        if x.shape[0] != len(paths):
+            raise UserError(f"{path}: {x.shape[0]} {grain} embeddings for {len(paths)} image paths; {rebuild}")
+        if not torch.isfinite(x).all():
+            raise UserError(f"{path}: {grain} embeddings hold NaN or infinite values; {rebuild}")
+        widths.add(x.shape[1])
+    if len(widths) > 1:
+        raise UserError(f"{path}: embeddings of different widths {sorted(widths)}; {rebuild}")
+    if not isinstance(state.get("checkpoint"), dict) or "sha256" not in state["checkpoint"]:
+        raise UserError(f"{path}: no record of the checkpoint that built it; {rebuild}")
+    if not isinstance(state.get("crop_size"), int) or not isinstance(state.get("root"), str):
+        raise UserError(f"{path}: 'crop_size' or 'root' missing or of the wrong type; {rebuild}")
 
 
 @dataclass
@@ -173,14 +201,18 @@ def search(model, vocab, index: SearchIndex, image: str | Path, text: str, k: in
     files (same path, or the same file through a link), that row is left out of the ranking."""
     if len(index) == 0:
         raise ValueError("the index holds no image")
-    reference = embed_images(model, [Path(image)], index.crop_size, device, amp_dtype=amp_dtype, progress=False)
+    reference = embed_images(model, [Path(image)], index.crop_size, device, amp_dtype=amp_dtype, progress=False,
+                             upright=True)
     if reference.errors:
         raise ValueError(f"--image: {reference.errors[0][1]}")
     query = build_queries(model, vocab, reference.features, [text], device)
     gallery = {g: x.to(device) for g, x in index.embeddings.items()}
     missing = [g for g in model.grains if g not in gallery]
     if missing:
-        raise ValueError(f"the index has no {', '.join(missing)} embeddings; rebuild it with this checkpoint")
+        raise UserError(f"the index has no {', '.join(missing)} embeddings; rebuild it with this checkpoint")
+    if any(x.shape[1] != model.embed_dim for x in gallery.values()):
+        raise UserError(f"the index's embeddings are not {model.embed_dim} wide like this model's; rebuild it "
+                        f"with this checkpoint")
     own = index.position(image)
     result = rank_gallery(model, query, gallery, targets=[[]], references=[own], topk=k, query_chunk=1)
     return SearchResult(paths=[index.file(i) for i in result.topk_index[0].tolist()],

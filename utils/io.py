@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from utils.errors import UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> None:
@@ -14,6 +17,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file readable by its owner only; give it the permissions a plain open() would
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
@@ -31,6 +36,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def current_umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it; put it back at once
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -51,3 +62,36 @@ def read_json(path: str | Path) -> Any:
                          f"Re-download or fix the file.") from None
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
+
+
+def check_output_dir(folder: str | Path, flag: str, keep: bool = True) -> Path:
+    """Prove `folder` writable before any work is done (creating it; with keep=False, folders this made are
+    removed again, so a failed command leaves nothing behind); a UserError or PermissionError names `flag`."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder}: is a file, not a folder; choose a folder")
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{folder}: output directory is not writable ({e.strerror}); "
+                              f"choose another with {flag}") from None
+    finally:
+        if not keep:
+            for p in made:  # deepest first
+                if p.is_dir():
+                    p.rmdir()
+    return folder
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """`path` can be written as a file (its folder exists or can be made, and is writable), checked before
+    any work; nothing is left behind by the check."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name (e.g. {path / 'out'})")
+    check_output_dir(path.parent, flag, keep=False)
+    return path

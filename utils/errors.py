@@ -1,0 +1,38 @@
+"""The project's user-error type and the way every command reports one.
+
+A `UserError` is a mistake in what the user handed in (a flag, a file, a dataset); its message
+names the flag or file and the fix. Commands print it as one `error: ...` line and exit with
+status 2; any other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class UserError(ValueError):
+    """Bad input; the message names it and the fix. A ValueError, so older `except ValueError` still holds."""
+
+
+# what a command reports as a user's mistake: ours, and the OS's answers about the user's paths
+REPORTED = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
+            RuntimeError, OSError)
+
+
+def command_status(main: Callable[..., object], *args) -> int:
+    """Call an entry point's main(*args) and return its exit status: a user error is one `error: ...` line
+    and status 2, Ctrl-C a short message and status 130, never a traceback."""
+    try:
+        status = main(*args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except REPORTED as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0
+
+
+def run_command(main: Callable[[], object]) -> None:
+    """`python entry.py`: exit with command_status(main)."""
+    sys.exit(command_status(main))
