@@ -79,6 +79,9 @@ class Config:
     fpn_smooth: str = opt("full", "3x3 smoothing convs of the top-down pathway: full (dense, as MANME.md §1 specifies; "
                           "as many FLOPs as the resnet50 backbone itself at 224 px) or depthwise (ours: nearly free, "
                           "a speed option).", "model", choices=("full", "depthwise"))
+    fpn_relu: bool = opt(False, "(ours) ReLU after each top-down smoothing conv, so that GeM pools non-negative "
+                         "features at mid and fine (its clamp otherwise zeroes negative activations and their "
+                         "gradient); MANME.md §1 has none.", "model")
     frozen_bn_stats: bool = opt(True, "(ours) Stage 1: keep the frozen backbone's BatchNorm statistics fixed "
                                 "(eval mode); "
                                 "--no-frozen_bn_stats updates them as the ARTEMIS release does.", "model")

@@ -98,10 +98,11 @@ class PendingStep:
 def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: str) -> None:
     """Refuse a checkpoint that cannot mean the same thing as this run's model and data."""
     saved = checkpoint["config"]
-    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth"):
-        if saved.get(key) != getattr(cfg, key):
-            raise CheckpointError(f"{source}: checkpoint has --{key} {saved.get(key)!r} but this run uses "
-                                  f"{getattr(cfg, key)!r}; pass --{key} {saved.get(key)} or another checkpoint")
+    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth", "fpn_relu"):
+        value = saved.get(key, getattr(Config, key))  # a setting added later has its default in older checkpoints
+        if value != getattr(cfg, key):
+            raise CheckpointError(f"{source}: checkpoint has --{key} {value!r} but this run uses "
+                                  f"{getattr(cfg, key)!r}; pass --{key} {value} or another checkpoint")
     if list(checkpoint["vocab"]["tokens"]) != list(vocab.tokens):
         raise CheckpointError(f"{source}: checkpoint vocabulary ({len(checkpoint['vocab']['tokens'])} tokens) does not "
                               f"match {vocabulary_path(cfg)} ({len(vocab.tokens)} tokens); use the "

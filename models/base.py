@@ -77,7 +77,7 @@ class Retriever(nn.Module):
         self.grains = list(grains or cfg.grain_list)
         self.embed_dim = cfg.embed_dim
         self.image_encoder = ImageEncoder(cfg.backbone, cfg.backbone_weights, self.grains, cfg.embed_dim, cfg.gem_p,
-                                          cfg.fpn_smooth, cfg.frozen_bn_stats)
+                                          cfg.fpn_smooth, cfg.frozen_bn_stats, cfg.fpn_relu)
         self.separate_backbone_passes = cfg.separate_backbone_passes
         self.text_encoder = TextEncoder(vocab_size, cfg.word_dim, cfg.embed_dim, cfg.glove_path,
                                         vocab_words, glove_cache)

@@ -88,9 +88,10 @@ def gem(x: Tensor, p: float, eps: float = 1e-6) -> Tensor:
 
 class ImageEncoder(nn.Module):
     def __init__(self, backbone: str, weights: str, grains: list[str], embed_dim: int, gem_p: float = 3.0,
-                 smooth: str = "full", frozen_bn_stats: bool = True):
+                 smooth: str = "full", frozen_bn_stats: bool = True, fpn_relu: bool = False):
         super().__init__()
         self.grains, self.gem_p, self.finetune = list(grains), gem_p, False
+        self.fpn_relu = fpn_relu
         self.frozen_bn_stats = frozen_bn_stats
         self.backbone = Backbone(backbone, weights)
         c2, c3, c4 = CHANNELS[backbone]
@@ -124,11 +125,14 @@ class ImageEncoder(nn.Module):
         """grain -> P level feature map."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
             c2, c3, c4 = self.backbone(images)
+        # the smoothing convs end the top-down path with signed values, which GeM's clamp zeroes (and
+        # passes no gradient through); fpn_relu makes them non-negative like C4, what GeM expects
+        finish = F.relu if self.fpn_relu else (lambda x: x)
         levels = {"coarse": c4}
         if self.depth >= 1:
-            levels["mid"] = self.smooth3(c3 + upsample(self.lat4(c4), c3))
+            levels["mid"] = finish(self.smooth3(c3 + upsample(self.lat4(c4), c3)))
         if self.depth >= 2:
-            levels["fine"] = self.smooth2(c2 + upsample(self.lat3(levels["mid"]), c2))
+            levels["fine"] = finish(self.smooth2(c2 + upsample(self.lat3(levels["mid"]), c2)))
         return {g: levels[g] for g in self.grains}
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:

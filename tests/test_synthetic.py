@@ -5,11 +5,22 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from data.synthetic import (F200K_CATEGORIES, KINDS, MARKER, captions_for, differ_by_one_word, generate, main,
-                            sample_attributes, sample_pairs)
+from data.synthetic import (
+    F200K_CATEGORIES,
+    KINDS,
+    MARKER,
+    captions_for,
+    differ_by_one_word,
+    generate,
+    main,
+    sample_attributes,
+    sample_pairs,
+)
+from data.synthetic.drawing import DRAWERS, add_details
 
 SMALL = dict(size=32, seed=3, n_images=16, n_triplets=24)
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -52,7 +63,8 @@ def test_fashioniq_layout(root):
     with Image.open(next((folder / "img").glob("*.jpg"))) as image:
         assert image.format == "JPEG" and image.size == (32, 32) and image.mode == "RGB"
     # indented JSON like the real release
-    assert (folder / "annotations" / "captions" / "cap.dress.val.json").read_text().startswith('[\n    {\n        "target"')
+    text = (folder / "annotations" / "captions" / "cap.dress.val.json").read_text()
+    assert text.startswith('[\n    {\n        "target"')
 
 
 def test_shoes_layout(root):
@@ -68,7 +80,9 @@ def test_shoes_layout(root):
     for t in triplets:
         assert list(t) == ["ImageName", "ReferenceImageName", "RelativeCaption"]
         assert t["ImageName"] in files and t["ReferenceImageName"] in files and t["RelativeCaption"].strip()
-    both = lambda names: sum(t["ImageName"] in names and t["ReferenceImageName"] in names for t in triplets)
+    def both(names):
+        return sum(t["ImageName"] in names and t["ReferenceImageName"] in names for t in triplets)
+
     n_train, n_val = both(set(train)), both(set(evals))
     assert n_train > 0 and n_val > 0
     assert 0 < len(triplets) - n_train - n_val  # some straddle the two lists
@@ -124,7 +138,6 @@ def test_regenerates_own_output_but_never_a_real_dataset(tmp_path):
 
 def test_targets_are_determined_by_reference_and_change():
     """In a split, reference + changed attributes single out the target (so R@1 = 1 is reachable)."""
-    import numpy as np
     rng = np.random.default_rng(0)
     for kind in ("dress", "shirt", "toptee", "shoe"):
         images = sample_attributes(kind, 60, rng)
@@ -144,3 +157,33 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "fashionIQ" / "annotations" / "captions" / "cap.toptee.val.json").is_file()
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--dataset", "fashioniq", "--n_images", "2"])
+
+
+# sha256 over the annotation, split and label files (every file but the images) of SMALL, per format,
+# as written before hard mode existed (2026-11-27): the easy mode's random streams must not move.
+EASY_TEXT_DIGESTS = {"fashioniq": "4fc42bf9d82ae56981a91a57115602abfaea4cff587d202df00a17d475c873b8",
+                     "shoes": "30a2f7b085c68866e07c86cae81482c5cfb5b0b3596a107dd86c79cf35f1b968",
+                     "fashion200k": "3d840b4dae66bd632b486f1696f1f4044756d99865caf8a25c7a1672b8180918"}
+
+
+def test_easy_mode_unchanged(root, tmp_path):
+    for dataset, folder in (("fashioniq", "fashionIQ"), ("shoes", "shoes"), ("fashion200k", "fashion200K")):
+        digest = hashlib.sha256()
+        for p in sorted((root / folder).rglob("*")):
+            if p.is_file() and p.suffix not in (".jpg", ".jpeg"):
+                digest.update(str(p.relative_to(root / folder)).encode() + b"\0" + p.read_bytes())
+        assert digest.hexdigest() == EASY_TEXT_DIGESTS[dataset], dataset
+        assert not (root / folder / "attributes.json").exists()
+    explicit = generate(tmp_path, "fashion200k", **SMALL, difficulty="easy")
+    assert tree_digest(explicit) == tree_digest(root / "fashion200K")
+
+
+def test_easy_images_draw_no_details():
+    """Hard mode's details draw nothing for easy attributes (and the shirt keeps its buttons)."""
+    rng = np.random.default_rng(1)
+    for kind in ("dress", "shirt", "toptee", "shoe"):
+        for a in sample_attributes(kind, 8, rng):
+            shape = DRAWERS[kind](a)
+            before = (list(shape.body), list(shape.parts), list(shape.buttons))
+            add_details(shape, kind, a)
+            assert shape.details == [] and (shape.body, shape.parts, shape.buttons) == before

@@ -2,7 +2,9 @@
 
 Each item has a colour (10 named colours), a pattern (solid, stripes, polka dots, plaid)
 and one or two shape parts (sleeve length, dress length, neckline, collar; heel height and
-boot shaft for shoes; length or leg width for the Fashion200k categories).
+boot shaft for shoes; length or leg width for the Fashion200k categories). Hard mode
+(HARD_KINDS, F200K_HARD_DETAILS) adds small details: belts, buttons, pockets, logos, cuffs;
+laces, toe caps, straps and a side logo on shoes (SMALL_DETAILS, with the shirt collar).
 """
 from __future__ import annotations
 
@@ -38,4 +40,31 @@ F200K_CATEGORIES = {  # label-file category -> (noun, path folder, sub-folders, 
               {"mini": "mini", "midi": "knee", "maxi": "maxi"}),
     "top": ("top", "tops", ("blouses", "t_shirts"), "sleeves",
             {"sleeveless": "sleeveless", "short-sleeve": "short", "long-sleeve": "long"}),
+}
+
+# ---- hard mode (difficulty="hard"): small-detail attributes on top of KINDS ----
+# A small detail is drawn a few pixels large (belts, buttons, pockets, logos, cuffs, collars;
+# laces, toe caps, straps and a side logo on shoes); the other attributes are "coarse".
+SMALL_DETAILS = frozenset({"belt", "buttons", "pocket", "logo", "collar", "cuffs", "laces", "toecap", "strap"})
+BELT = ("none", "thin", "wide")
+BUTTONS = ("none", "two", "four")
+HARD_KINDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "dress": {**KINDS["dress"], "belt": BELT, "buttons": BUTTONS, "pocket": ("none", "two")},
+    "shirt": {**KINDS["shirt"], "pocket": ("none", "one", "two"), "buttons": BUTTONS, "cuffs": ("none", "cuffs")},
+    "toptee": {**KINDS["toptee"], "belt": BELT, "logo": ("none", "chest", "centre"), "pocket": ("none", "one")},
+    "shoe": {**KINDS["shoe"], "laces": ("none", "laces"), "toecap": ("none", "cap"), "strap": ("none", "one", "two"),
+             "logo": ("none", "side")},
+}
+# Fashion200k hard descriptions: colour, pattern word, two detail words, shape word, noun
+F200K_HARD_DETAILS = {  # category -> ((attribute, {word: value}), (attribute, {word: value}))
+    "dress": (("belt", {"unbelted": "none", "belted": "thin", "wide-belt": "wide"}),
+              ("buttons", {"buttonless": "none", "two-button": "two", "four-button": "four"})),
+    "jacket": (("belt", {"unbelted": "none", "belted": "thin", "wide-belt": "wide"}),
+               ("pocket", {"pocketless": "none", "one-pocket": "one", "two-pocket": "two"})),
+    "pants": (("belt", {"unbelted": "none", "belted": "thin", "wide-belt": "wide"}),
+              ("cuffs", {"uncuffed": "none", "cuffed": "cuffs"})),
+    "skirt": (("belt", {"unbelted": "none", "belted": "thin", "wide-belt": "wide"}),
+              ("buttons", {"buttonless": "none", "two-button": "two", "four-button": "four"})),
+    "top": (("logo", {"plain": "none", "logo": "chest", "graphic": "centre"}),  # one pocket: a second would
+            ("pocket", {"pocketless": "none", "pocketed": "one"})),                # sit under the chest logo
 }

@@ -1,16 +1,18 @@
 """The command line of the synthetic dataset generator (`main`; run by `python -m data.synthetic`).
 
     python -m data.synthetic --out DIR --dataset fashioniq|shoes|fashion200k [--size 64] [--seed N]
+                             [--difficulty easy|hard]
 
 writes DIR/fashionIQ/, DIR/shoes/ or DIR/fashion200K/ so that `--data_root DIR` reads it,
-and prints the sizes and chance levels of what it wrote.
+and prints the sizes and chance levels of what it wrote. `--difficulty hard` writes the
+near-miss benchmark (see data/synthetic/writers.py).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from data.synthetic.writers import FOLDERS, generate
+from data.synthetic.writers import DIFFICULTIES, FOLDERS, generate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,17 +28,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="Image side in pixels (default: 64).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed; the same seed writes byte-identical files "
                                                             "(default: 0).")
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy",
+                        help="easy (default; the same files as ever for a seed) or hard: every evaluation target has "
+                             "near-misses in its gallery (same change, one untouched attribute different, mostly a "
+                             "small detail such as a belt, buttons or a pocket), about half the edits change a small "
+                             "detail, annotator-like captions, larger galleries.")
     parser.add_argument("--n_images", type=int, default=None,
-                        help="Gallery size: fashioniq val images per category (train 1.5x, test 0.75x; default 200); "
-                             "shoes eval images (train 3x; default 250); fashion200k test images per category "
-                             "(train 4x; default 60).")
+                        help="Gallery size: fashioniq val images per category (train 1.5x, test 0.75x; default 200, "
+                             "hard 600); shoes eval images (train 3x, hard 2x; default 250, hard 600); fashion200k "
+                             "test images per category (train 4x; default 60, hard 200).")
     parser.add_argument("--n_triplets", type=int, default=None,
                         help="fashioniq train annotations per category (val 0.6x, test 0.4x; default 250, each gives "
-                             "two queries); shoes train triplets (val 1/6, straddling ~1/6; default 1500); "
-                             "fashion200k test queries (default 300).")
+                             "two queries; hard 1500, val and test one per near-miss group edge); shoes train triplets "
+                             "(val 1/6, straddling ~1/6; default 1500; hard 3000, val one per edge); fashion200k test "
+                             "queries (default 300, hard 600).")
     args = parser.parse_args(argv)
     try:
-        generate(args.out, args.dataset, args.size, args.seed, args.n_images, args.n_triplets, verbose=True)
+        generate(args.out, args.dataset, args.size, args.seed, args.n_images, args.n_triplets, verbose=True,
+                 difficulty=args.difficulty)
     except (ValueError, FileExistsError) as error:
         sys.exit(f"error: {error}")
 

@@ -3,7 +3,10 @@
 Garments (dress, shirt, top; skirt, jacket, pants for Fashion200k) and shoes are drawn
 procedurally from their attributes (colour, pattern, shape parts), with small random
 jitter of position, scale, width, colour shade and background shade. `render` draws one
-item supersampled and downscales it; the same rng gives the same pixels.
+item supersampled and downscales it; the same rng gives the same pixels. Hard mode's small
+details (`add_details`: belt, buttons, pockets, logo, cuffs; laces, toe cap, straps) are drawn
+last, clipped to the garment, with a one-pixel outline; attributes without them draw exactly
+as before, and the details draw no random numbers.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ class Shape:
     cuts: list = field(default_factory=list)  # polygons cut back to background (necklines, openings)
     parts: list = field(default_factory=list)  # (polygon, "dark"|"shade"|"sole") solid parts drawn on top
     buttons: list = field(default_factory=list)  # (x, y) small dark dots
+    details: list = field(default_factory=list)  # (polygon, colour key) hard-mode details, clipped to the body
 
 
 def mirror(poly):
@@ -128,7 +132,8 @@ def draw_shoe(a) -> Shape:
     sole[-1] = (0.13, 0.77 + t)
     s = Shape()
     top_back = seat - 0.13
-    upper = sole_top[::-1] + [(0.10, 0.755), (0.13, 0.70), (0.24, 0.655), (0.42, 0.625 if a["heel"] != "high" else 0.60)]
+    instep = (0.42, 0.625 if a["heel"] != "high" else 0.60)
+    upper = sole_top[::-1] + [(0.10, 0.755), (0.13, 0.70), (0.24, 0.655), instep]
     if a["shaft"] == "low":
         upper += [(0.60, top_back + 0.04), (0.87, top_back)]
     else:
@@ -141,6 +146,89 @@ def draw_shoe(a) -> Shape:
     elif a["heel"] == "high":
         s.parts.append(([(0.78, seat + t), (0.87, seat + t), (0.845, 0.80), (0.825, 0.80)], "sole"))
     return s
+
+
+def rect(x0, y0, x1, y1):
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def diamond(cx, cy, r):
+    return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+
+
+def belt(y0, y1, x0=0.2, x1=0.8, buckle_x=0.5):
+    """A belt band across the body (clipped to it) with a buckle."""
+    buckle = rect(buckle_x - 0.026, y0 - 0.008, buckle_x + 0.026, y1 + 0.008)
+    return [(rect(x0, y0, x1, y1), "belt"), (buckle, "buckle")]
+
+
+def studs(ys, x=0.5, r=0.016):
+    return [(ellipse(x, y, r, r, n=12), "accent") for y in ys]
+
+
+def cuffs(sleeve: str, dy: float, width: float = 0.04):
+    """A band at the end of each sleeve (the sleeve's last edge moved inwards by `width`)."""
+    _, (ax, ay), (bx, by), _ = SLEEVES[sleeve]
+    (sx, sy), (px, py) = SLEEVES[sleeve][0], SLEEVES[sleeve][3]
+    ux, uy = (sx + px) / 2 - (ax + bx) / 2, (sy + py) / 2 - (ay + by) / 2  # towards the shoulder
+    norm = math.hypot(ux, uy)
+    ux, uy = ux / norm * width, uy / norm * width
+    band = [(ax, ay + dy), (bx, by + dy), (bx + ux, by + uy + dy), (ax + ux, ay + uy + dy)]
+    return [(band, "shade"), (mirror(band), "shade")]
+
+
+# where the hard-mode details go, per kind drawn (unit coordinates, as the garments)
+BELT_Y = {"dress": 0.427, "toptee": 0.51, "f200k_dress": 0.427, "f200k_top": 0.51, "f200k_jacket": 0.46,
+          "f200k_skirt": 0.225, "f200k_pants": 0.1325}
+BUTTON_YS = {"dress": {"two": (0.25, 0.33), "four": (0.215, 0.262, 0.309, 0.356)},
+             "shirt": {"two": (0.31, 0.41), "four": (0.29, 0.37, 0.45, 0.53)},
+             "f200k_skirt": {"two": (0.31, 0.40), "four": (0.29, 0.335, 0.38, 0.425)}}
+BUTTON_YS["f200k_dress"] = BUTTON_YS["dress"]
+CHEST_POCKET = {"shirt": rect(0.38, 0.29, 0.445, 0.355), "toptee": rect(0.39, 0.25, 0.45, 0.315),
+                "f200k_top": rect(0.39, 0.25, 0.45, 0.315), "f200k_jacket": rect(0.38, 0.26, 0.44, 0.32)}
+
+
+def add_details(shape: Shape, kind: str, a: dict) -> None:
+    """The hard-mode details named in `a` (absent keys draw nothing, so easy images are unchanged)."""
+    d = shape.details
+    if a.get("belt", "none") != "none":
+        half = 0.02 if a["belt"] == "thin" else 0.042
+        y = BELT_Y[kind]
+        d += belt(y - half, y + half, buckle_x=0.545 if kind == "f200k_jacket" else 0.5)
+    if "buttons" in a and kind == "shirt":
+        shape.buttons = []  # the shirt's own small dots give way to the buttons attribute
+    if a.get("buttons", "none") != "none":
+        d += studs(BUTTON_YS[kind][a["buttons"]])
+    if a.get("pocket", "none") != "none":
+        if kind == "dress":
+            left = rect(0.385, 0.49, 0.45, 0.55)
+            d += [(left, "shade"), (mirror(left), "shade")]
+        else:
+            left = CHEST_POCKET[kind]
+            d += [(left, "shade")] + ([(mirror(left), "shade")] if a["pocket"] == "two" else [])
+    if a.get("cuffs", "none") != "none":
+        d += cuffs(a.get("sleeves", "long"), dy=0.01) if kind != "f200k_pants" else \
+            [(rect(0.0, 0.845, 1.0, 0.90), "shade")]
+    if a.get("logo", "none") != "none":
+        if kind == "shoe":
+            seat = {"flat": 0.77, "low": 0.69, "high": 0.56}[a["heel"]]
+            d.append((diamond(0.75, seat - 0.065, 0.03), "accent"))
+        elif a["logo"] == "chest":
+            d.append((diamond(0.575, 0.265, 0.03), "accent"))
+        else:
+            d.append((diamond(0.5, 0.40, 0.042), "accent"))
+    if kind == "shoe":
+        seat = {"flat": 0.77, "low": 0.69, "high": 0.56}[a["heel"]]
+        if a.get("toecap", "none") != "none":
+            d.append((rect(0.0, 0.5, 0.205, 0.9), "shade"))
+        if a.get("laces", "none") != "none":
+            top = 0.625 if a["heel"] != "high" else 0.60
+            for x in (0.27, 0.32, 0.37):
+                y = 0.655 + (top - 0.655) * (x - 0.24) / 0.18 + 0.012
+                d.append((rect(x, y, x + 0.03, y + 0.024), "accent"))
+        strap = {"none": (), "one": (0.50,), "two": (0.50, 0.59)}[a.get("strap", "none")]
+        for x in strap:
+            d.append((rect(x, seat - 0.16, x + 0.04, 0.9), "accent"))
 
 
 DRAWERS = {"dress": draw_dress, "shirt": draw_shirt, "toptee": draw_top, "shoe": draw_shoe,
@@ -180,6 +268,7 @@ def render(kind: str, attrs: dict[str, str], size: int, rng: np.random.Generator
     dx, dy = rng.uniform(-0.045, 0.045, 2)
 
     shape = DRAWERS[kind](attrs)
+    add_details(shape, kind, attrs)
     everything = np.array([p for poly in shape.body + [poly for poly, _ in shape.parts] for p in poly])
     cx, cy = (everything.min(0) + everything.max(0)) / 2  # centre the item, keep its size
 
@@ -217,4 +306,18 @@ def render(kind: str, attrs: dict[str, str], size: int, rng: np.random.Generator
     for x, y in shape.buttons:
         (cx, cy), r = pts([(x, y)])[0], 0.012 * n
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(outline))
+    if shape.details:
+        # belts dark on light garments and light on dark ones; buttons, logos, laces and straps in a metal
+        # tone (a blue one on yellow and orange), unlike the black or white pattern ink
+        accent = (40, 140, 170) if attrs["colour"] in ("yellow", "orange") else (205, 170, 60)
+        detail_colours = {"shade": part_colours["shade"], "belt": (225, 212, 178) if dark else (62, 42, 30),
+                          "buckle": (196, 164, 64), "accent": accent}
+        pixels = np.array(pil)
+        for poly, colour in shape.details:  # each clipped to the body, with a one-pixel outline inside it
+            canvas = Image.new("L", (n, n), 0)
+            ImageDraw.Draw(canvas).polygon(pts(poly), fill=255)
+            inside = (np.asarray(canvas) > 127) & mask
+            pixels[dilate(inside, k) & ~inside & mask] = outline
+            pixels[inside] = detail_colours[colour]
+        pil = Image.fromarray(pixels)
     return pil.reduce(k)

@@ -18,6 +18,65 @@ query with one correct target among G gallery images has chance R@K = K / (G - 1
 `generate` writes these figures to <folder>/SYNTHETIC.txt (the marker that lets a later
 run replace the folder; a folder without it is never touched) and prints them if verbose.
 The default FashionIQ set takes a few seconds to write. The same seed gives byte-identical files.
+
+Changelog
+---------
+2026-11-27 -- hard mode (`generate(..., difficulty="hard")`, `--difficulty hard`), for all
+three formats. Its design below was fixed from the benchmark's claims before any model was
+trained on it and before any result on it was seen; it is not to be tuned to favour a method.
+The default, difficulty "easy", is unchanged: the same seed writes byte-identical files.
+
+Hard mode. The claim to test: only a model that keeps what the text does not touch (and sees
+small details) ranks the target first.
+- Small details (attributes.SMALL_DETAILS), drawn a few pixels large (about 2-5 px at 64 px),
+  with a one-pixel outline, clipped to the garment: belt none/thin/wide (with a buckle),
+  buttons none/two/four, pockets (dress hips: none/two; shirt chest: none/one/two; top:
+  none/one), a logo (top: none/chest/centre), cuffs (shirt), the shirt collar; shoes: laces,
+  toe cap, straps none/one/two, a side logo. Belts are dark on light garments and light on
+  dark ones, with a metal buckle; buttons, logos, laces and straps are in a metal tone (blue
+  on yellow and orange), unlike the black or white pattern ink; pockets, cuffs and toe caps in
+  the garment's contrast tone (like collars). FashionIQ dress/shirt/top and shoes keep the
+  easy attributes (colour, pattern, shape parts) and add three or four details each.
+- Near-misses (hard.py): every split is laid out in near-miss groups, small binary
+  hypercubes: the edited attributes flip together (the edge reference -> target, direction at
+  random) and 2-3 untouched attributes take two values each, at least half of them (two
+  where the attributes allow) small details. Every evaluation target thus has 2-3 designed
+  near-misses in its gallery -- equal to it in what the caption changes, different in one
+  attribute the caption leaves alone (so different from the reference there too) -- plus any
+  that the rest of the gallery holds by chance (figures below). Every image of a group has
+  the same number of neighbours and every near-miss is itself the reference or target of
+  another edge, so a near-miss looks like any gallery image and the target cannot be told
+  apart without the reference; within a split no attribute combination repeats (the target
+  stays unique) and every image is its own render (no duplicated files). Train and
+  evaluation lists are sampled independently, as in easy mode (combinations may recur across
+  splits).
+- Edits: 40-50 % of the evaluation edits change a small detail (45 % at the default sizes;
+  hard.Share), the rest one or two coarse attributes (colour most often); 40 % of the
+  FashionIQ and Shoes group edits change two attributes (a detail with a coarse one, or two
+  coarse ones); Fashion200k edits change one word.
+- Captions (captions.hard_captions): several phrasings per value, relative ones where they
+  name the value ("has a wider belt", "is longer"), imperatives ("make it red", "remove the
+  belt", "should have a collar"), no digits (the tokenizer drops them). FashionIQ: two per
+  annotation that together name the whole change -- both in full, or one change each, or
+  one in full and one vague ("is darker", "has a belt"), or (10 % of the annotations) one in
+  full and one that adds nothing ("same as before", "i like it", "similar"), never both.
+  Shoes: one caption naming the whole change. Fashion200k descriptions have six words:
+  colour, pattern, two detail words, shape, noun ("red striped belted buttonless mini dress").
+- Sizes (defaults): fashioniq per category 900 train / 600 val / 450 test images, 1500
+  train annotations (group edges, then other within-group pairs differing in one or two
+  attributes), one val or test annotation per group edge (300 / 224); shoes 1200 train /
+  600 eval images, 3000 train + 300 val triplets (+ 525 straddling); fashion200k per
+  category 800 train / 200 test images (66 test descriptions, about 3 images each), 600
+  test queries drawn evenly over the groups' edges in both directions.
+- Chance levels: fashioniq val G = 600 per category and shoes G = 600, one target:
+  R@1 0.2 %, R@5 0.8 %, R@10 1.7 %, R@50 8.3 %; fashion200k G = 1000 with 3.02 correct targets
+  per query on average: R@1 0.3 %, R@5 1.5 %, R@10 3.0 %, R@50 14.2 %. Near-misses per query
+  at the default sizes: fashioniq 2-9 (mean 3.7-4.1), shoes 2-8 (mean 3.6), 58-63 % of them
+  differing in a small detail; fashion200k 3-20 images (mean 8.5; a description has about
+  three), 55 %. SYNTHETIC.txt states these figures for what it holds.
+- attributes.json (hard mode only) beside SYNTHETIC.txt lists every image's attributes, so
+  that tests can check the claims; no reader opens it. The default FashionIQ hard set at
+  64 px takes about 10 s to write.
 """
 from __future__ import annotations
 
@@ -29,9 +88,26 @@ from pathlib import Path
 
 import numpy as np
 
-from data.synthetic.attributes import COLOUR_NAMES, F200K_CATEGORIES, KINDS, PATTERNS
-from data.synthetic.captions import captions_for, differ_by_one_word, f200k_description, pick
+from data.synthetic.attributes import (
+    COLOUR_NAMES,
+    F200K_CATEGORIES,
+    F200K_HARD_DETAILS,
+    HARD_KINDS,
+    KINDS,
+    PATTERNS,
+    SMALL_DETAILS,
+)
+from data.synthetic.captions import (
+    F200K_PATTERN_WORDS,
+    NULL_CAPTIONS,
+    captions_for,
+    differ_by_one_word,
+    f200k_description,
+    hard_captions,
+    pick,
+)
 from data.synthetic.drawing import render
+from data.synthetic.hard import Group, Share, cross_pairs, group_pairs, near_miss_stats, near_misses, sample_groups
 
 FOLDERS = {"fashioniq": "fashionIQ", "shoes": "shoes", "fashion200k": "fashion200K"}
 MARKER = "SYNTHETIC.txt"  # marks a folder this module may overwrite
@@ -133,7 +209,8 @@ def write_fashioniq(w: Writer, rng, n_images: int, n_triplets: int) -> list[str]
                 annotations.append(entry)
             w.text(f"annotations/captions/cap.{category}.{split}.json", json.dumps(annotations, indent=4))
             w.text(f"annotations/image_splits/split.{category}.{split}.json", json.dumps(ids, indent=4))
-            line = f"{category} {split}: {n_img} images, {len(annotations)} annotations ({2 * len(annotations)} queries)"
+            line = (f"{category} {split}: {n_img} images, {len(annotations)} annotations "
+                    f"({2 * len(annotations)} queries)")
             if split == "val":
                 line += "; chance " + fmt_chance(chance_recall(n_img, [1], (10, 50)))
             summary.append(line)
@@ -145,20 +222,24 @@ SHOE_TYPES = {("flat", "low"): "flats", ("low", "low"): "pumps", ("high", "low")
               ("flat", "knee"): "rain_boots", ("low", "knee"): "boots", ("high", "knee"): "boots"}
 
 
+def shoe_paths(items: list[dict], rng) -> list[str]:
+    """Paths under images/ named like the release's (womens_<type>/<n // 100>/img_womens_<type>_<n>.jpg)."""
+    numbers: dict[str, int] = {}
+    paths = []
+    for a in items:
+        kind = SHOE_TYPES[(a["heel"], a["shaft"])]
+        numbers[kind] = numbers.get(kind, 0) + int(rng.integers(1, 4))
+        n = numbers[kind]
+        paths.append(f"womens_{kind}/{n // 100}/img_womens_{kind}_{n}.jpg")
+    return paths
+
+
 def write_shoes(w: Writer, rng, n_images: int, n_triplets: int) -> list[str]:
     """n_images*3 train and n_images eval images; n_triplets train, n_triplets/6 val and
     n_triplets/8 + n_triplets/20 straddling triplets (reference and target in different lists)."""
     n_train, n_eval = n_images * 3, n_images
     train, evals = sample_attributes("shoe", n_train, rng), sample_attributes("shoe", n_eval, rng)
-    numbers: dict[str, int] = {}
-
-    def name(a):
-        kind = SHOE_TYPES[(a["heel"], a["shaft"])]
-        numbers[kind] = numbers.get(kind, 0) + int(rng.integers(1, 4))
-        n = numbers[kind]
-        return f"womens_{kind}/{n // 100}/img_womens_{kind}_{n}.jpg"
-
-    paths = [name(a) for a in train + evals]
+    paths = shoe_paths(train + evals, rng)
     for path, a in zip(paths, train + evals):
         w.image(f"images/{path}", "shoe", a)
     train_names = [p.rsplit("/", 1)[1] for p in paths[:n_train]]
@@ -187,7 +268,7 @@ def write_fashion200k(w: Writer, rng, n_images: int, n_triplets: int) -> list[st
     """Per category n_images*4 train and n_images test images (test descriptions shared by
     about two images each); n_triplets test queries over all categories."""
     test_items, summary, used_ids = [], [], set()
-    for category, (noun, folder, subs, shape_attr, words) in F200K_CATEGORIES.items():
+    for category, (_, folder, subs, shape_attr, words) in F200K_CATEGORIES.items():
         values = {"colour": COLOUR_NAMES, "pattern": PATTERNS, shape_attr: tuple(words.values())}
         combos = [dict(zip(values, c)) for c in itertools.product(*values.values())]
         n_test_desc = max(2, n_images // 2)
@@ -235,24 +316,229 @@ def write_fashion200k(w: Writer, rng, n_images: int, n_triplets: int) -> list[st
     return summary
 
 
+# ---- hard mode (difficulty="hard"; see the changelog in the module docstring) ----
+ATTRIBUTES_FILE = "attributes.json"  # hard mode: every image's attributes, for checks; no reader opens it
+HARD_KS = (1, 5, 10, 50)
+
+
+def attributes_json(kinds: dict, records: dict[str, dict]) -> str:
+    """The attribute vocabulary, then one image (id -> category, split, attributes) per line."""
+    head = json.dumps({"difficulty": "hard", "small_details": sorted(SMALL_DETAILS), "attributes": kinds})
+    lines = [f"{json.dumps(key)}: {json.dumps(value)}" for key, value in records.items()]
+    return head[:-1] + ', "images": {\n' + ",\n".join(lines) + "\n}}\n"
+
+
+def is_null_caption(caption: str) -> bool:
+    return caption.strip().rstrip(".").lower() in NULL_CAPTIONS
+
+
+def shuffled(items: list, rng) -> list:
+    return [items[int(i)] for i in rng.permutation(len(items))]
+
+
+def edge_pairs(groups: list[Group]) -> list[tuple[int, int, tuple[str, ...]]]:
+    return [(r, t, g.changed) for g in groups for r, t in g.edges]
+
+
+def training_pairs(images: list[dict], groups: list[Group], n: int, rng) -> list[tuple[int, int, tuple[str, ...]]]:
+    """The groups' edges, then other pairs of a group differing in one or two attributes, up to n."""
+    pairs = edge_pairs(groups)
+    extra = shuffled(group_pairs(images, groups, {(r, t) for r, t, _ in pairs}), rng)
+    return shuffled(pairs + extra[:max(0, n - len(pairs))], rng)[:n]
+
+
+def eval_line(attributes: dict, images: list[dict], pairs, gallery_size: int) -> str:
+    """Gallery size, chance levels, near-misses per query and the share of small-detail edits."""
+    gallery = {tuple(a.values()): i for i, a in enumerate(images)}
+    found = [near_misses(gallery, attributes, images[r], images[t]) for r, t, _ in pairs]
+    details = sum(a in SMALL_DETAILS for f in found for _, a in f)
+    detail_edits = sum(any(a in SMALL_DETAILS for a in changed) for *_, changed in pairs)
+    chance = fmt_chance(chance_recall(gallery_size, [1], HARD_KS))
+    return (f"gallery {gallery_size}, one target per query: chance {chance}; "
+            f"{near_miss_stats([len(f) for f in found], details)}; "
+            f"{100 * detail_edits / max(1, len(pairs)):.0f}% of the queries change a small detail")
+
+
+def write_fashioniq_hard(w: Writer, rng, n_images: int, n_triplets: int) -> list[str]:
+    """Per category n_images*3/2 train, n_images val, n_images*3/4 test images, in near-miss groups;
+    val and test annotations: one per group edge; train: n_triplets annotations (edges, then other
+    pairs of a group)."""
+    sizes = {"train": n_images * 3 // 2, "val": n_images, "test": max(16, n_images * 3 // 4)}
+    shares = {split: Share() for split in sizes}
+    summary, records, next_id, null, total = [], {}, 0, 0, 0
+    for category in ("dress", "shirt", "toptee"):
+        attributes = HARD_KINDS[category]
+        for split, n_img in sizes.items():
+            images, groups = sample_groups(attributes, n_img, rng, shares[split])
+            ids = [f"S{next_id + i:07d}" for i in range(n_img)]
+            next_id += n_img
+            for image_id, a in zip(ids, images):
+                w.image(f"img/{image_id}.jpg", category, a)
+                records[image_id] = {"category": category, "split": split, **a}
+            pairs = training_pairs(images, groups, n_triplets, rng) if split == "train" else \
+                shuffled(edge_pairs(groups), rng)
+            annotations = []
+            for r, t, changed in pairs:
+                captions = hard_captions(category, images[r], images[t], changed, rng, count=2)
+                null += any(map(is_null_caption, captions))
+                entry = {"target": ids[t], "candidate": ids[r], "captions": captions}
+                if split == "test":  # the public test captions carry no target
+                    entry = {"candidate": ids[r], "captions": captions}
+                annotations.append(entry)
+            total += len(annotations)
+            w.text(f"annotations/captions/cap.{category}.{split}.json", json.dumps(annotations, indent=4))
+            w.text(f"annotations/image_splits/split.{category}.{split}.json", json.dumps(ids, indent=4))
+            line = (f"{category} {split}: {n_img} images ({len(groups)} near-miss groups), {len(annotations)} "
+                    f"annotations ({2 * len(annotations)} queries)")
+            if split == "val":
+                line += "; " + eval_line(attributes, images, pairs, n_img)
+            summary.append(line)
+    summary.append(f"captions: two per annotation; {100 * null / max(1, total):.0f}% of the annotations have one "
+                   f"that adds nothing (never both)")
+    w.text(ATTRIBUTES_FILE, attributes_json({c: HARD_KINDS[c] for c in ("dress", "shirt", "toptee")}, records))
+    return summary
+
+
+def write_shoes_hard(w: Writer, rng, n_images: int, n_triplets: int) -> list[str]:
+    """n_images*2 train and n_images eval images, in near-miss groups; n_triplets train triplets,
+    one val triplet per eval group edge, and n_triplets/8 + n_triplets/20 straddling ones."""
+    attributes = HARD_KINDS["shoe"]
+    n_train, n_eval = n_images * 2, n_images
+    train, train_groups = sample_groups(attributes, n_train, rng, Share())
+    evals, eval_groups = sample_groups(attributes, n_eval, rng, Share())
+    paths = shoe_paths(train + evals, rng)
+    records = {}
+    for i, (path, a) in enumerate(zip(paths, train + evals)):
+        w.image(f"images/{path}", "shoe", a)
+        records[path.rsplit("/", 1)[1]] = {"split": "train" if i < n_train else "val", **a}
+    train_names = [p.rsplit("/", 1)[1] for p in paths[:n_train]]
+    eval_names = [p.rsplit("/", 1)[1] for p in paths[n_train:]]
+    val_pairs = shuffled(edge_pairs(eval_groups), rng)
+    sets = [(train, train, train_names, train_names, training_pairs(train, train_groups, n_triplets, rng)),
+            (evals, evals, eval_names, eval_names, val_pairs),
+            (train, evals, train_names, eval_names,
+             cross_pairs(attributes, train, evals, max(1, n_triplets // 8), rng)),
+            (evals, train, eval_names, train_names,
+             cross_pairs(attributes, evals, train, max(1, n_triplets // 20), rng))]
+    triplets = []
+    for ref_attrs, tgt_attrs, ref_names, tgt_names, pairs in sets:
+        for r, t, changed in pairs:
+            caption = hard_captions("shoe", ref_attrs[r], tgt_attrs[t], changed, rng, count=1)[0]
+            triplets.append({"ImageName": tgt_names[t], "ReferenceImageName": ref_names[r], "RelativeCaption": caption})
+    triplets = shuffled(triplets, rng)
+    w.text("annotations/relative_captions_shoes.json", json.dumps(triplets))
+    w.text("annotations/train_im_names.txt", "".join(n + "\n" for n in train_names))
+    w.text("annotations/eval_im_names.txt", "".join(n + "\n" for n in eval_names))
+    w.text(ATTRIBUTES_FILE, attributes_json({"shoe": attributes}, records))
+    counts = [len(pairs) for *_, pairs in sets]
+    return [(f"{n_train} train / {n_eval} eval images ({len(train_groups)} / {len(eval_groups)} near-miss groups); "
+             f"triplets: {counts[0]} train, {counts[1]} val, {counts[2] + counts[3]} straddling the two lists "
+             f"(dropped by the split rule)"),
+            "val: " + eval_line(attributes, evals, val_pairs, n_eval),
+            "captions: one per triplet, always naming the whole change"]
+
+
+def write_fashion200k_hard(w: Writer, rng, n_images: int, n_triplets: int) -> list[str]:
+    """Per category n_images*4 train images (random descriptions) and n_images test images whose
+    n_images/3 descriptions form near-miss groups (the rest of the images repeat a description);
+    n_triplets test queries, taken evenly over the groups' edges in both directions."""
+    share, records, summary, used_ids = Share(), {}, [], set()
+    gallery_size, directed, described = 0, [], {}
+    for category, (noun, folder, subs, shape_attr, words) in F200K_CATEGORIES.items():
+        (d1, w1), (d2, w2) = F200K_HARD_DETAILS[category]
+        attributes = {"colour": COLOUR_NAMES, "pattern": PATTERNS, d1: tuple(w1.values()), d2: tuple(w2.values()),
+                      shape_attr: tuple(words.values())}
+        word_of = {"colour": {c: c for c in COLOUR_NAMES}, "pattern": F200K_PATTERN_WORDS,
+                   d1: {v: k for k, v in w1.items()}, d2: {v: k for k, v in w2.items()},
+                   shape_attr: {v: k for k, v in words.items()}}
+
+        def describe(a, word_of=word_of, noun=noun):
+            return " ".join(word_of[k][a[k]] for k in word_of) + f" {noun}"
+
+        n_desc = max(8, n_images // 3)
+        descs, groups = sample_groups(attributes, n_desc, rng, share, p_two=0.0, near_sizes=(2,))
+        combos = [dict(zip(attributes, c)) for c in itertools.product(*attributes.values())]
+        extra = [int(i) for i in rng.integers(0, n_desc, max(0, n_images - n_desc))]
+        splits = {"train": [combos[int(i)] for i in rng.integers(0, len(combos), n_images * 4)],
+                  "test": [descs[i] for i in list(range(n_desc)) + extra]}
+        paths_of = {i: [] for i in range(n_desc)}
+        test_index = list(range(n_desc)) + extra
+        for split, items in splits.items():
+            lines = []
+            for j, a in enumerate(items):
+                while True:
+                    image_id = int(rng.integers(10_000_000, 99_999_999))
+                    if image_id not in used_ids:
+                        used_ids.add(image_id)
+                        break
+                path = f"women/{folder}/{pick(list(subs), rng)}/{image_id}/{image_id}_0.jpeg"
+                w.image(path, f"f200k_{category}", {"sleeves": "short", **a})  # dresses: short sleeves
+                lines.append(f"{path}\t{rng.uniform(0.5, 1.0):.6f}\t{describe(a)}\n")
+                records[path] = {"category": category, "split": split, **a}
+                if split == "test":
+                    paths_of[test_index[j]].append(path)
+            w.text(f"labels/{category}_{split}_detect_all.txt", "".join(lines))
+        gallery_size += len(splits["test"])
+        for g in groups:
+            for r, t in g.edges:
+                directed += [(category, r, t), (category, t, r)]
+        described[category] = (attributes, descs, paths_of)
+        summary.append(f"{category}: {len(splits['train'])} train / {len(splits['test'])} test images, {n_desc} test "
+                       f"descriptions ({len(groups)} near-miss groups)")
+    rounds = [shuffled([(s, t) for s in described[c][2][r] for t in described[c][2][t_]], rng)
+              for c, r, t_ in directed]
+    queries, depth = [], 0
+    while len(queries) < n_triplets and any(depth < len(p) for p in rounds):
+        for e in rng.permutation(len(directed)):
+            if depth < len(rounds[int(e)]) and len(queries) < n_triplets:
+                queries.append((directed[int(e)], rounds[int(e)][depth]))
+        depth += 1
+    w.text("test_queries.txt", "".join(f"{s} {t}\n" for _, (s, t) in queries))
+    correct, counts, details, detail_edits = [], [], 0, 0
+    for (category, r, t), _ in queries:
+        attributes, descs, paths_of = described[category]
+        gallery = {tuple(a.values()): i for i, a in enumerate(descs)}
+        found = near_misses(gallery, attributes, descs[r], descs[t])
+        correct.append(len(paths_of[t]))
+        counts.append(sum(len(paths_of[i]) for i, _ in found))
+        details += sum(len(paths_of[i]) for i, a in found if a in SMALL_DETAILS)
+        detail_edits += any(descs[r][a] != descs[t][a] for a in attributes if a in SMALL_DETAILS)
+    w.text(ATTRIBUTES_FILE, attributes_json({c: described[c][0] for c in described}, records))
+    summary.append(f"{len(queries)} test queries, {np.mean(correct):.2f} correct targets per query on average, "
+                   f"gallery {gallery_size}; chance {fmt_chance(chance_recall(gallery_size, correct, HARD_KS))}")
+    summary.append(f"near-miss images (description one other word away): {near_miss_stats(counts, details)}; "
+                   f"{100 * detail_edits / max(1, len(queries)):.0f}% of the queries change a small detail")
+    return summary
+
+
 DEFAULTS = {  # dataset -> (n_images, n_triplets), see the module docstring
     "fashioniq": (200, 250), "shoes": (250, 1500), "fashion200k": (60, 300)}
 WRITERS = {"fashioniq": write_fashioniq, "shoes": write_shoes, "fashion200k": write_fashion200k}
+HARD_DEFAULTS = {"fashioniq": (600, 1500), "shoes": (600, 3000), "fashion200k": (200, 600)}
+HARD_WRITERS = {"fashioniq": write_fashioniq_hard, "shoes": write_shoes_hard, "fashion200k": write_fashion200k_hard}
+DIFFICULTIES = ("easy", "hard")
 
 
 def generate(out_dir, dataset: str, size: int = 64, seed: int = 0, n_images: int | None = None,
-             n_triplets: int | None = None, verbose: bool = False) -> Path:
+             n_triplets: int | None = None, verbose: bool = False, difficulty: str = "easy") -> Path:
     """Write the synthetic `dataset` under out_dir/<dataset folder>/ and return that folder.
 
-    A folder of that name (any case) is replaced only if this module wrote it (it holds
-    SYNTHETIC.txt); the new one is built beside it and moved into place when complete."""
+    difficulty "easy" (the default) writes what this module always wrote; "hard" writes the
+    near-miss benchmark described in the module docstring. A folder of that name (any case) is
+    replaced only if this module wrote it (it holds SYNTHETIC.txt); the new one is built beside
+    it and moved into place when complete."""
     if dataset not in FOLDERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(FOLDERS)}")
-    default_images, default_triplets = DEFAULTS[dataset]
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {', '.join(DIFFICULTIES)}")
+    hard = difficulty == "hard"
+    default_images, default_triplets = (HARD_DEFAULTS if hard else DEFAULTS)[dataset]
     n_images = default_images if n_images is None else n_images
     n_triplets = default_triplets if n_triplets is None else n_triplets
-    if n_images < 4 or n_triplets < 1 or size < 16:
-        raise ValueError(f"need n_images >= 4, n_triplets >= 1, size >= 16 (got {n_images}, {n_triplets}, {size})")
+    min_images = 16 if hard else 4
+    if n_images < min_images or n_triplets < 1 or size < 16:
+        raise ValueError(f"need n_images >= {min_images}, n_triplets >= 1, size >= 16 (got {n_images}, {n_triplets}, "
+                         f"{size})")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     name = FOLDERS[dataset]
@@ -264,10 +550,14 @@ def generate(out_dir, dataset: str, size: int = 64, seed: int = 0, n_images: int
     partial = out / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     writer = Writer(partial, size, seed)
-    rng = np.random.default_rng([seed, {"fashioniq": 1, "shoes": 2, "fashion200k": 3}[dataset]])
-    summary = WRITERS[dataset](writer, rng, n_images, n_triplets)
+    stream = {"fashioniq": 1, "shoes": 2, "fashion200k": 3}[dataset]
+    rng = np.random.default_rng([seed, stream, 2] if hard else [seed, stream])
+    summary = (HARD_WRITERS if hard else WRITERS)[dataset](writer, rng, n_images, n_triplets)
     command = (f"python -m data.synthetic --out DIR --dataset {dataset} --size {size} --seed {seed} "
-               f"--n_images {n_images} --n_triplets {n_triplets}")
+               f"--n_images {n_images} --n_triplets {n_triplets}" + (" --difficulty hard" if hard else ""))
+    if hard:
+        summary = [f"difficulty hard (near-miss groups, small details; see data/synthetic/writers.py); "
+                   f"{ATTRIBUTES_FILE} lists every image's attributes"] + summary
     writer.text(MARKER, f"Synthetic {dataset} data written by: {command}\n" + "".join(f"{s}\n" for s in summary))
     for p in existing:
         shutil.rmtree(p)
