@@ -20,7 +20,7 @@ from config import build_parser, given_flags
 from engine.inference import load_trained
 from tools.figures import RetrievalRow, draw_retrievals, save_png
 from tools.search_index import build_index, check_checkpoint, load_index, save_index, search
-from utils.errors import run_command
+from utils.errors import run_command, subcommand
 from utils.io import check_output_file
 
 COMMANDS = {"index": "Embed a folder of images.", "query": "Query an index."}
@@ -92,13 +92,11 @@ def run_query(args) -> None:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        if argv and argv[0] in ("-h", "--help"):
-            print(__doc__)
-            return
-        sys.exit("error: give a command: index or query (see python retrieve.py --help)")
-    run = run_index if argv[0] == "index" else run_query
-    run(parser_for(argv[0]).parse_args(argv[1:]))
+    command = subcommand(argv, COMMANDS, __doc__)
+    if command is None:
+        return
+    run = run_index if command == "index" else run_query
+    run(parser_for(command).parse_args(argv[1:]))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from config import build_parser, given_flags
 from data.formats import open_dataset
 from engine.inference import load_trained
 from tools.figures import attention_figure, retrieval_figure, save_png
-from utils.errors import run_command
+from utils.errors import run_command, subcommand
 from utils.io import check_output_file
 
 COMMANDS = ("retrievals", "attention")
@@ -39,12 +39,9 @@ def parser_for(command: str):
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        if argv and argv[0] in ("-h", "--help"):
-            print(__doc__)
-            return
-        sys.exit(f"error: give a command: {' or '.join(COMMANDS)} (see python visualize.py --help)")
-    command = argv[0]
+    command = subcommand(argv, COMMANDS, __doc__)
+    if command is None:
+        return
     parser = parser_for(command)
     args = parser.parse_args(argv[1:])
     explicit = given_flags(args)

@@ -62,25 +62,7 @@ def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
     dist_info = init_distributed(pick_device(cfg.device).type)
     run_dir = Path(cfg.output_dir) / cfg.exp_name
     stages = plan_stages(cfg, run_dir)
-    lock = RunLock(run_dir) if dist_info.is_main else None
-    refused = None
-    if lock is not None:
-        try:
-            check_output_dir(run_dir, "--output_dir")
-            note = lock.acquire()
-            if note:
-                print(f"{run_dir}: {note}")
-            claim_run_folder(cfg, run_dir, [stage for _, stage in stages])
-            check_output_dir(run_dir, "--output_dir")
-        except (UserError, PermissionError) as e:
-            lock.release()
-            refused = e
-    # under torchrun every rank stops when rank 0 refuses the folder
-    if dist_info.enabled and any_rank(refused is not None, pick_device(cfg.device, dist_info.local_rank)):
-        raise refused or UserError(f"{run_dir}: refused by rank 0 (see its message)")
-    if refused is not None:
-        raise refused
-
+    lock = take_run_folder(cfg, run_dir, [stage for _, stage in stages], dist_info)
     setup_logging(run_dir / "train.log", dist_info.is_main)
     writer = None
     try:
@@ -100,6 +82,29 @@ def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
             lock.release()
         cleanup()
     return run_dir
+
+
+def take_run_folder(cfg: Config, run_dir: Path, stages: list[Stage], dist_info: DistInfo) -> RunLock | None:
+    """Rank 0 locks the run folder and checks that the run may go there; under torchrun every rank stops
+    when rank 0 refuses. Returns rank 0's lock (None on the other ranks)."""
+    lock = RunLock(run_dir) if dist_info.is_main else None
+    refused = None
+    if lock is not None:
+        try:
+            check_output_dir(run_dir, "--output_dir")
+            note = lock.acquire()
+            if note:
+                print(f"{run_dir}: {note}")
+            claim_run_folder(cfg, run_dir, stages)
+            check_output_dir(run_dir, "--output_dir")  # again: --overwrite moved it aside
+        except (UserError, PermissionError) as e:
+            lock.release()
+            refused = e
+    if dist_info.enabled and any_rank(refused is not None, pick_device(cfg.device, dist_info.local_rank)):
+        raise refused or UserError(f"{run_dir}: refused by rank 0 (see its message)")
+    if refused is not None:
+        raise refused
+    return lock
 
 
 def plan_stages(cfg: Config, run_dir: Path) -> list[tuple[Config, Stage]]:

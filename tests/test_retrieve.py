@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.helpers import read_jsonl, read_png, run_cli
+from utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -163,5 +164,5 @@ def test_index_errors(ckpt, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         retrieve.main(["index", "--ckpt", str(ckpt), "--images", str(tmp_path / "absent"),
                        "--out", str(tmp_path / "x.index"), "--device", "cpu"])
-    with pytest.raises(SystemExit, match="error: give a command"):
+    with pytest.raises(UserError, match="give a command"):
         retrieve.main(["search"])

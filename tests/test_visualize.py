@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import read_png, run_cli
+from utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_attention_png_and_overlaps(ckpt, tiny_root, tmp_path, capsys):
 @pytest.mark.slow
 def test_errors_are_clear(ckpt, tmp_path, capsys):
     import visualize
-    with pytest.raises(SystemExit, match="error: give a command"):
+    with pytest.raises(UserError, match="give a command"):
         visualize.main(["draw", "--ckpt", str(ckpt), "--out", str(tmp_path / "x.png")])
     with pytest.raises(SystemExit):
         visualize.main(["retrievals", "--out", str(tmp_path / "x.png")])

@@ -36,3 +36,14 @@ def command_status(main: Callable[..., object], *args) -> int:
 def run_command(main: Callable[[], object]) -> None:
     """`python entry.py`: exit with command_status(main)."""
     sys.exit(command_status(main))
+
+
+def subcommand(argv: list[str], commands, usage: str) -> str | None:
+    """The command named by argv[0] (one of `commands`); None after printing `usage` for -h/--help;
+    a missing or unknown command is a UserError naming the valid ones."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return None
+    if not argv or argv[0] not in commands:
+        raise UserError(f"give a command: {' or '.join(commands)} (see --help)")
+    return argv[0]

@@ -53,13 +53,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """json.load with an error that names the file and the position of the fault."""
+    """json.load with an error that names the file and the position of the fault (a UserError)."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
-                         f"Re-download or fix the file.") from None
+        raise UserError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
+                        f"Re-download or fix the file.") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}), so not a JSON file. "
+                        f"Re-download or fix the file.") from None
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
 
