@@ -37,6 +37,14 @@ def between(low, high):
     return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
 
 
+def finite(v) -> bool:
+    """A number a float can hold (an int of config.json may be too large for one), not NaN or infinite."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def opt(default, help: str, groups: str = "train", choices=None, check=None):
     """A config field with its --help text, the entry points that expose it, and its range check
     (a function of the value returning what is wrong, or None)."""
@@ -140,7 +148,9 @@ class Config:
     compile: bool = opt(False, "torch.compile the model.", "train")
     gather_negatives: bool = opt(True, "Under torchrun, use the whole global batch as in-batch negatives.", "train")
     # --- evaluation ---
-    split: str = opt("val", "Split to evaluate.", "eval", choices=("val", "test"))
+    split: str = opt("val", "Split to evaluate: val; test (Fashion200k, whose val reads the test queries too); test1 "
+                     "(CIRR: no public targets; writes the CIRR evaluation server's two submission files).", "eval",
+                     choices=("val", "test", "test1"))
     eval_batch_size: int = opt(64, "Images per batch when embedding the gallery.", "eval,train,search",
                                check=at_least(1))
     eval_chunk: int = opt(1024, "Queries scored per chunk.", "eval,train", check=at_least(1))
@@ -172,7 +182,7 @@ class Config:
             if meta["choices"] and value not in meta["choices"]:
                 raise UserError(f"--{f.name} {value!r}: choose one of {', '.join(meta['choices'])}")
             problem = meta["check"](value) if meta["check"] else None
-            if problem is None and isinstance(value, float) and not math.isfinite(value):
+            if problem is None and expected == FIELD_TYPES["float"] and not finite(value):
                 problem = "must be a finite number"
             if problem:
                 raise UserError(f"--{f.name} {problem}, got {value!r}")
@@ -261,6 +271,8 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 def resolve(explicit: dict[str, Any], base: dict[str, Any] | None = None, source: str = "the configuration") -> Config:
     """Field defaults < dataset preset < model preset < `base` (e.g. a checkpoint's config) < explicit flags.
     `source` names `base` in errors (a config.json, a checkpoint)."""
+    if base is not None and not isinstance(base, dict):  # a hand-edited config.json holding a list, a number, ...
+        raise UserError(f"{source}: expected a JSON object of settings, got {type(base).__name__}")
     values: dict[str, Any] = {}
     merged = {**(base or {}), **explicit}
     dataset = merged.get("dataset", Config.dataset)

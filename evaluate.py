@@ -2,9 +2,12 @@
 
 Model, vocabulary, dataset and crop size come from the checkpoint; prints the
 recall table and writes metrics.json and rankings.jsonl (default: beside the
-checkpoint, in eval_<split>/).
+checkpoint, in eval_<split>/). CIRR's test1 has no public targets: `--split test1`
+writes cirr_test1_recall.json and cirr_test1_recall_subset.json there instead of
+recalls, the files the CIRR evaluation server scores.
 
   python evaluate.py --ckpt runs/fiq/stage2/best.pt --split val --data_root datasets
+  python evaluate.py --ckpt runs/cirr/stage2/best.pt --split test1 --data_root datasets
 """
 import signal
 
@@ -41,6 +44,8 @@ def main(argv=None) -> None:
     if result.overlap:
         print("attention overlap: " + ", ".join(f"{g} {v:.3f}" for g, v in result.overlap.items()))
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'rankings.jsonl'}")
+    if result.submission:
+        print(f"wrote {' and '.join(str(out_dir / name) for name in result.submission)}: {result.note}")
 
 
 if __name__ == "__main__":

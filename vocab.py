@@ -1,6 +1,6 @@
 """Build the vocabulary of a dataset's training captions: <vocab_dir>/<dataset>_vocab.json.
 
-    python vocab.py --dataset fashioniq|shoes|fashion200k [--data_root DIR] [--vocab_dir DIR]
+    python vocab.py --dataset fashioniq|shoes|fashion200k|cirr [--data_root DIR] [--vocab_dir DIR]
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import UserError
@@ -26,8 +26,10 @@ class Triplet:
 class Query:
     reference: str
     text: str
-    targets: list[str]  # every correct target (Fashion200k: all images with the target's description)
+    targets: list[str]  # every correct target (Fashion200k: all images with the target's description; CIRR test1: [])
     category: str
+    subset: list[str] = field(default_factory=list)  # CIRR: the img_set members (reference included) for Recall_subset
+    pair_id: str = ""  # CIRR: the annotation's pairid, the key of the evaluation server's files
 
 
 @dataclass
@@ -68,7 +70,11 @@ def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines of a text file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); re-download or fix the file") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def json_entries(data, path: Path) -> list[dict]:
@@ -111,12 +117,14 @@ def unique(items) -> list:
 class DatasetFormat(ABC):
     """One dataset in its on-disk release layout, read at annotation level (no image opened)."""
 
-    name: str  # "fashioniq", "shoes", "fashion200k"
+    name: str  # "fashioniq", "shoes", "fashion200k", "cirr"
     folder_name: str  # its folder under the data root (matched ignoring case)
-    eval_split_names: tuple[str, ...] = ("val",)  # splits eval_splits() accepts (the ones with targets)
+    eval_split_names: tuple[str, ...] = ("val",)  # splits eval_splits() accepts (CIRR's test1 without targets)
     recall_ks: tuple[int, ...] = (1, 10, 50)  # the published recall cut-offs
-    summary_metric: str | None = None  # name of the mean of every reported recall, when published (FashionIQ: mR)
+    subset_ks: tuple[int, ...] = ()  # the published Recall_subset cut-offs (CIRR: ranking within Query.subset)
+    summary_metric: str | None = None  # name of the published summary figure, selection_score (FashionIQ: mR)
     vocab_specials: tuple[str, ...] = ()  # special words added to the vocabulary besides <pad>...<unk>
+    submission_note: str = ""  # what to do with submission_files (where to upload them)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -148,6 +156,21 @@ class DatasetFormat(ABC):
 
     def has_image(self, image_id: str) -> bool:
         return self.image_path(image_id).is_file()
+
+    def selection_keys(self) -> tuple[str, ...]:
+        """The figures whose mean is the summary metric and the best-checkpoint criterion: by default every
+        published recall ("R@K" of recall_ks; FashionIQ's mR)."""
+        return tuple(f"R@{k}" for k in self.recall_ks)
+
+    def selection_score(self, overall: dict[str, float]) -> float:
+        """The best checkpoint's criterion (the summary metric's value) from the overall figures."""
+        keys = self.selection_keys()
+        return sum(overall[k] for k in keys) / len(keys)
+
+    def submission_files(self, split: str, rankings: list[dict]) -> dict[str, dict]:
+        """File name -> JSON object, the files an evaluation server scores `split` from (its rankings.jsonl rows);
+        {} where this project computes the split's recalls itself."""
+        return {}
 
     def _check_eval_split(self, split: str) -> None:
         if split not in self.eval_split_names:

@@ -43,9 +43,10 @@ def image_problem(path: Path) -> tuple[str | None, bool]:
     if path.stat().st_size == 0:
         return "empty file (0 bytes)", False
     try:
+        with Image.open(path) as image:  # verify() must come first: reading a PNG's EXIF loads the image
+            image.verify()
         with Image.open(path) as image:
             rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
-            image.verify()
     except Exception as e:  # PIL raises many types for bad files; any of them makes the image unusable
         return f"{type(e).__name__}: {e}", False
     return None, rotated

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from data.base import DatasetFormat
+from data.cirr import CIRR
 from data.fashion200k import Fashion200k
 from data.fashioniq import FashionIQ
 from data.shoes import Shoes
 from data.text import Vocabulary
 
-FORMATS: dict[str, type[DatasetFormat]] = {f.name: f for f in (FashionIQ, Shoes, Fashion200k)}
+FORMATS: dict[str, type[DatasetFormat]] = {f.name: f for f in (FashionIQ, Shoes, Fashion200k, CIRR)}
 
 
 def open_dataset(cfg) -> DatasetFormat:

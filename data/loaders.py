@@ -126,11 +126,11 @@ def drop_missing(fmt: DatasetFormat, triplets: list[Triplet]) -> list[Triplet]:
 
 def drop_missing_eval(fmt: DatasetFormat, split: EvalSplit) -> EvalSplit:
     """The split without missing images: gallery images, targets, and queries whose reference or every
-    target is missing."""
+    target is missing (a query listing no target, as CIRR test1's, needs its reference only)."""
     present = _present(fmt, split.gallery + [x for q in split.queries for x in (q.reference, *q.targets)])
     gallery = [i for i in split.gallery if present[i]]
     queries = [replace(q, targets=[t for t in q.targets if present[t]]) for q in split.queries
-               if present[q.reference] and any(present[t] for t in q.targets)]
+               if present[q.reference] and (not q.targets or any(present[t] for t in q.targets))]
     if len(gallery) < len(split.gallery) or len(queries) < len(split.queries):
         missing = sorted(i for i, ok in present.items() if not ok)
         print(f"{split.category}: {len(split.queries) - len(queries)} of {len(split.queries)} queries and "

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_image
-from engine.evaluation import embed_split_images, eval_splits, rank_split
+from engine.evaluation import embed_split_images, eval_splits, has_targets, rank_split
 from engine.inference import embed_texts
 from models import map_tensors
 from models.image_encoder import gem
+from utils.errors import UserError
 from utils.io import atomic_write
 
 WIDTH = 1000
@@ -296,6 +297,9 @@ def attention_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 
         raise ValueError(f"--model {cfg.model} has no modified/preserved score "
                          f"parts; attention maps need manme, artemis, em-only or is-only")
     s = first_split(fmt, split)
+    if not has_targets(s):
+        raise UserError(f"attention maps are drawn on each query's target, and the {fmt.name} {split} queries carry "
+                        f"none; use --split val")
     was_training = model.training
     model.eval()
     transform = eval_transform(cfg.crop_size)

@@ -1,11 +1,11 @@
-"""Synthetic datasets in the exact on-disk layout of FashionIQ, Shoes and Fashion200k.
+"""Synthetic datasets in the exact on-disk layout of FashionIQ, Shoes, Fashion200k and CIRR.
 
-    python -m data.synthetic --out DIR --dataset fashioniq|shoes|fashion200k [--size 64] [--seed N]
+    python -m data.synthetic --out DIR --dataset fashioniq|shoes|fashion200k|cirr [--size 64] [--seed N]
                              [--difficulty easy|hard]
 
-writes DIR/fashionIQ/, DIR/shoes/ or DIR/fashion200K/ so that `--data_root DIR` reads it.
+writes DIR/fashionIQ/, DIR/shoes/, DIR/fashion200K/ or DIR/cirr/ so that `--data_root DIR` reads it.
 `--difficulty hard` writes the near-miss benchmark (small details, near-misses beside every
-target, annotator-like captions, larger galleries; see writers.py). Modules, each importing
+target, annotator-like captions, larger galleries; see writers.py; not for cirr). Modules, each importing
 only those above it:
 - attributes: the attribute vocabulary (colours, patterns, kinds of item and their shape parts;
   the small details of hard mode);

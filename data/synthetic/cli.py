@@ -1,11 +1,11 @@
 """The command line of the synthetic dataset generator (`main`; run by `python -m data.synthetic`).
 
-    python -m data.synthetic --out DIR --dataset fashioniq|shoes|fashion200k [--size 64] [--seed N]
+    python -m data.synthetic --out DIR --dataset fashioniq|shoes|fashion200k|cirr [--size 64] [--seed N]
                              [--difficulty easy|hard]
 
-writes DIR/fashionIQ/, DIR/shoes/ or DIR/fashion200K/ so that `--data_root DIR` reads it,
+writes DIR/fashionIQ/, DIR/shoes/, DIR/fashion200K/ or DIR/cirr/ so that `--data_root DIR` reads it,
 and prints the sizes and chance levels of what it wrote. `--difficulty hard` writes the
-near-miss benchmark (see data/synthetic/writers.py).
+near-miss benchmark (see data/synthetic/writers.py; not for cirr).
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m data.synthetic",
         description="Write a small synthetic dataset (procedurally drawn garments or shoes, captions naming "
-                    "the change) in the on-disk layout of FashionIQ, Shoes or Fashion200k, so that "
+                    "the change) in the on-disk layout of FashionIQ, Shoes, Fashion200k or CIRR, so that "
                     "--data_root DIR reads it.")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="Data root to write into; the dataset goes to DIR/fashionIQ, DIR/shoes or DIR/fashion200K "
-                             "(replaced if an earlier synthetic run wrote it; a real dataset there is never touched).")
+                        help="Data root to write into; the dataset goes to DIR/fashionIQ, DIR/shoes, DIR/fashion200K "
+                             "or DIR/cirr (replaced if an earlier synthetic run wrote it; a real dataset there is "
+                             "never touched).")
     parser.add_argument("--dataset", required=True, choices=tuple(FOLDERS), help="Which dataset layout to write.")
     parser.add_argument("--size", type=int, default=64, help="Image side in pixels (default: 64).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed; the same seed writes byte-identical files "
@@ -32,16 +33,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="easy (default; the same files as ever for a seed) or hard: every evaluation target has "
                              "near-misses in its gallery (same change, one untouched attribute different, mostly a "
                              "small detail such as a belt, buttons or a pocket), about half the edits change a small "
-                             "detail, annotator-like captions, larger galleries.")
+                             "detail, annotator-like captions, larger galleries (not for cirr).")
     parser.add_argument("--n_images", type=int, default=None,
                         help="Gallery size: fashioniq val images per category (train 1.5x, test 0.75x; default 200, "
                              "hard 600); shoes eval images (train 3x, hard 2x; default 250, hard 600); fashion200k "
-                             "test images per category (train 4x; default 60, hard 200).")
+                             "test images per category (train 4x; default 60, hard 200); cirr val and test1 images, "
+                             "in sets of six (train 3x; default 240).")
     parser.add_argument("--n_triplets", type=int, default=None,
                         help="fashioniq train annotations per category (val 0.6x, test 0.4x; default 250, each gives "
                              "two queries; hard 1500, val and test one per near-miss group edge); shoes train triplets "
                              "(val 1/6, straddling ~1/6; default 1500; hard 3000, val one per edge); fashion200k test "
-                             "queries (default 300, hard 600).")
+                             "queries (default 300, hard 600); cirr train triplets (at most 10 per image set; val and "
+                             "test1: 4 per set; default 1200).")
     args = parser.parse_args(argv)
     try:
         generate(args.out, args.dataset, args.size, args.seed, args.n_images, args.n_triplets, verbose=True,

@@ -15,6 +15,11 @@ query with one correct target among G gallery images has chance R@K = K / (G - 1
 - fashion200k: per category 240 train / 60 test images (5 categories), 300 test
   queries; G = 300 with 2.14 correct targets per query on average: chance R@1 = 0.7 %,
   R@10 = 7.0 %, R@50 = 31.3 %.
+- cirr: 720 train / 240 val / 240 test1 PNG images in image sets of six (the img_set: one
+  kind of item, a base and five others one or two attributes away from it); 1200 train
+  triplets, 160 val and 160 test1 queries (four base <-> other pairs per set; test1 without
+  targets). Val G = 240: chance R@1 = 0.4 %, R@5 = 2.1 %, R@10 = 4.2 %, R@50 = 20.9 %;
+  Recall_subset@K = K / 5 (five candidates besides the reference).
 `generate` writes these figures to <folder>/SYNTHETIC.txt (the marker that lets a later
 run replace the folder; a folder without it is never touched) and prints them if verbose.
 The default FashionIQ set takes a few seconds to write. The same seed gives byte-identical files.
@@ -109,7 +114,7 @@ from data.synthetic.captions import (
 from data.synthetic.drawing import render
 from data.synthetic.hard import Group, Share, cross_pairs, group_pairs, near_miss_stats, near_misses, sample_groups
 
-FOLDERS = {"fashioniq": "fashionIQ", "shoes": "shoes", "fashion200k": "fashion200K"}
+FOLDERS = {"fashioniq": "fashionIQ", "shoes": "shoes", "fashion200k": "fashion200K", "cirr": "cirr"}
 MARKER = "SYNTHETIC.txt"  # marks a folder this module may overwrite
 JPEG_QUALITY = 90
 # how often each attribute is the one that changes (colour most often, as in the real captions)
@@ -179,7 +184,11 @@ class Writer:
         path.parent.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([self.seed, 7, self.count])
         self.count += 1
-        render(kind, attrs, self.size, rng).save(path, "JPEG", quality=JPEG_QUALITY)
+        image = render(kind, attrs, self.size, rng)
+        if path.suffix == ".png":  # CIRR's images
+            image.save(path, "PNG")
+        else:
+            image.save(path, "JPEG", quality=JPEG_QUALITY)
 
     def text(self, relative: str, text: str) -> None:
         path = self.folder / relative
@@ -264,6 +273,16 @@ def write_shoes(w: Writer, rng, n_images: int, n_triplets: int) -> list[str]:
             "val chance " + fmt_chance(chance_recall(n_eval, [1], (1, 10, 50)))]
 
 
+def f200k_path(folder: str, subs, used_ids: set[int], rng) -> str:
+    """A new image path in the Fashion200k layout, its product id unused so far (recorded in used_ids)."""
+    while True:
+        image_id = int(rng.integers(10_000_000, 99_999_999))
+        if image_id not in used_ids:
+            used_ids.add(image_id)
+            break
+    return f"women/{folder}/{pick(list(subs), rng)}/{image_id}/{image_id}_0.jpeg"
+
+
 def write_fashion200k(w: Writer, rng, n_images: int, n_triplets: int) -> list[str]:
     """Per category n_images*4 train and n_images test images (test descriptions shared by
     about two images each); n_triplets test queries over all categories."""
@@ -279,12 +298,7 @@ def write_fashion200k(w: Writer, rng, n_images: int, n_triplets: int) -> list[st
         for split, items in splits.items():
             lines = []
             for a in items:
-                while True:
-                    image_id = int(rng.integers(10_000_000, 99_999_999))
-                    if image_id not in used_ids:
-                        used_ids.add(image_id)
-                        break
-                path = f"women/{folder}/{pick(list(subs), rng)}/{image_id}/{image_id}_0.jpeg"
+                path = f200k_path(folder, subs, used_ids, rng)
                 description = f200k_description(category, a)
                 w.image(path, f"f200k_{category}", {"sleeves": "short", **a})  # dresses: short sleeves
                 lines.append(f"{path}\t{rng.uniform(0.5, 1.0):.6f}\t{description}\n")
@@ -314,6 +328,81 @@ def write_fashion200k(w: Writer, rng, n_images: int, n_triplets: int) -> list[st
     summary.append(f"{len(queries)} test queries, {np.mean([m for *_, m in queries]):.2f} correct targets per "
                    f"query on average, gallery {len(test_items)}; chance {fmt_chance(chance)}")
     return summary
+
+
+CIRR_KINDS = ("dress", "shirt", "toptee", "shoe")
+CIRR_FOLDERS = {"train": "train", "val": "dev", "test1": "test1"}  # split -> image folder and name prefix
+CIRR_PAIRS = [(0, j) for j in range(1, 6)] + [(j, 0) for j in range(1, 6)]  # within a set: base <-> each other
+
+
+def cirr_set(kind: str, used: set[tuple], rng) -> list[dict]:
+    """Six attribute combinations of `kind` unused in the split so far (then recorded in `used`): a base and
+    five others, each one or two attributes away from it (the changed ones weighted as in sample_pairs)."""
+    names = list(KINDS[kind])
+    weights = np.array([CHANGE_WEIGHTS[a] for a in names])
+    weights = weights / weights.sum()
+    for _ in range(1000):
+        base = {a: pick(list(KINDS[kind][a]), rng) for a in names}
+        members = [base]
+        for _ in range(200):
+            if len(members) == 6 or (kind, *base.values()) in used:
+                break
+            other = dict(base)
+            for i in rng.choice(len(names), size=1 + int(rng.random() < 0.45), replace=False, p=weights):
+                other[names[i]] = pick([v for v in KINDS[kind][names[i]] if v != base[names[i]]], rng)
+            if other not in members and (kind, *other.values()) not in used:
+                members.append(other)
+        if len(members) == 6:
+            used.update((kind, *m.values()) for m in members)
+            return members
+    raise ValueError(f"too many synthetic CIRR images for the {kind} attribute combinations: use a smaller --n_images")
+
+
+def write_cirr(w: Writer, rng, n_images: int, n_triplets: int) -> list[str]:
+    """Image sets of six (img_set: a base and five near it, each one or two attributes away, all of one kind):
+    about n_images val and test1 images and 3x that train images; each set gives its base <-> other pairs as
+    queries: every one (up to n_triplets in all) for train, four for val and test1 (test1 without targets).
+    Within a split no attribute combination repeats, so reference + caption single out the target."""
+    summary, pair_id = [], 0
+    for split, folder in CIRR_FOLDERS.items():
+        n_sets = max(1, n_images * (3 if split == "train" else 1) // 6)
+        used, paths, pairs = set(), {}, []
+        for set_id in range(n_sets):
+            kind = pick(list(CIRR_KINDS), rng)
+            attrs = cirr_set(kind, used, rng)
+            names = [f"{folder}-{set_id}-{j // 2}-img{j % 2}" for j in range(6)]
+            for name, a in zip(names, attrs):
+                sub = f"{int(rng.integers(100))}/" if split == "train" else ""  # train/<0..99>/ as in the release
+                paths[name] = f"./{folder}/{sub}{name}.png"
+                w.image(f"img_raw/{folder}/{sub}{name}.png", kind, a)
+            members = shuffled(names, rng)
+            for r, t in CIRR_PAIRS if split == "train" else shuffled(CIRR_PAIRS, rng)[:4]:
+                changed = tuple(a for a in KINDS[kind] if attrs[r][a] != attrs[t][a])
+                caption = captions_for(kind, attrs[r], attrs[t], changed, rng, count=1)[0]
+                pairs.append((names[r], names[t], caption, set_id, members))
+        pairs = shuffled(pairs, rng)[:n_triplets if split == "train" else None]
+        entries = [cirr_entry(pair_id + n, *pair, test=split == "test1") for n, pair in enumerate(pairs)]
+        pair_id += len(entries)
+        w.text(f"captions/cap.rc2.{split}.json", json.dumps(entries))
+        w.text(f"image_splits/split.rc2.{split}.json", json.dumps({n: paths[n] for n in shuffled(list(paths), rng)}))
+        line = f"{split}: {len(paths)} images ({n_sets} image sets of six), {len(entries)} queries"
+        if split == "val":
+            subset = ", ".join(f"Rsubset@{k} {100 * k / 5:.1f}%" for k in (1, 2, 3))
+            line += f"; chance {fmt_chance(chance_recall(len(paths), [1], (1, 5, 10, 50)))}, {subset}"
+        summary.append(line + ("; no targets (scored by the CIRR evaluation server)" if split == "test1" else ""))
+    return summary
+
+
+def cirr_entry(pair_id: int, reference: str, target: str, caption: str, set_id: int, members: list[str],
+               test: bool) -> dict:
+    """One annotation with the release's keys in its order; test1 ones carry no target."""
+    head = {"pairid": pair_id, "reference": reference}
+    if test:
+        return {**head, "caption": caption,
+                "img_set": {"id": set_id, "members": members, "reference_rank": members.index(reference)}}
+    return {**head, "target_hard": target, "target_soft": {target: 1.0}, "caption": caption,
+            "img_set": {"id": set_id, "members": members, "reference_rank": members.index(reference),
+                        "target_rank": members.index(target)}}
 
 
 # ---- hard mode (difficulty="hard"; see the changelog in the module docstring) ----
@@ -466,12 +555,7 @@ def write_fashion200k_hard(w: Writer, rng, n_images: int, n_triplets: int) -> li
         for split, items in splits.items():
             lines = []
             for j, a in enumerate(items):
-                while True:
-                    image_id = int(rng.integers(10_000_000, 99_999_999))
-                    if image_id not in used_ids:
-                        used_ids.add(image_id)
-                        break
-                path = f"women/{folder}/{pick(list(subs), rng)}/{image_id}/{image_id}_0.jpeg"
+                path = f200k_path(folder, subs, used_ids, rng)
                 w.image(path, f"f200k_{category}", {"sleeves": "short", **a})  # dresses: short sleeves
                 lines.append(f"{path}\t{rng.uniform(0.5, 1.0):.6f}\t{describe(a)}\n")
                 records[path] = {"category": category, "split": split, **a}
@@ -512,8 +596,8 @@ def write_fashion200k_hard(w: Writer, rng, n_images: int, n_triplets: int) -> li
 
 
 DEFAULTS = {  # dataset -> (n_images, n_triplets), see the module docstring
-    "fashioniq": (200, 250), "shoes": (250, 1500), "fashion200k": (60, 300)}
-WRITERS = {"fashioniq": write_fashioniq, "shoes": write_shoes, "fashion200k": write_fashion200k}
+    "fashioniq": (200, 250), "shoes": (250, 1500), "fashion200k": (60, 300), "cirr": (240, 1200)}
+WRITERS = {"fashioniq": write_fashioniq, "shoes": write_shoes, "fashion200k": write_fashion200k, "cirr": write_cirr}
 HARD_DEFAULTS = {"fashioniq": (600, 1500), "shoes": (600, 3000), "fashion200k": (200, 600)}
 HARD_WRITERS = {"fashioniq": write_fashioniq_hard, "shoes": write_shoes_hard, "fashion200k": write_fashion200k_hard}
 DIFFICULTIES = ("easy", "hard")
@@ -532,6 +616,8 @@ def generate(out_dir, dataset: str, size: int = 64, seed: int = 0, n_images: int
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {', '.join(DIFFICULTIES)}")
     hard = difficulty == "hard"
+    if hard and dataset not in HARD_WRITERS:
+        raise ValueError(f"hard mode is written for {', '.join(HARD_WRITERS)}, not {dataset}")
     default_images, default_triplets = (HARD_DEFAULTS if hard else DEFAULTS)[dataset]
     n_images = default_images if n_images is None else n_images
     n_triplets = default_triplets if n_triplets is None else n_triplets
@@ -550,7 +636,7 @@ def generate(out_dir, dataset: str, size: int = 64, seed: int = 0, n_images: int
     partial = out / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     writer = Writer(partial, size, seed)
-    stream = {"fashioniq": 1, "shoes": 2, "fashion200k": 3}[dataset]
+    stream = {"fashioniq": 1, "shoes": 2, "fashion200k": 3, "cirr": 4}[dataset]
     rng = np.random.default_rng([seed, stream, 2] if hard else [seed, stream])
     summary = (HARD_WRITERS if hard else WRITERS)[dataset](writer, rng, n_images, n_triplets)
     command = (f"python -m data.synthetic --out DIR --dataset {dataset} --size {size} --seed {seed} "
