@@ -21,7 +21,7 @@ from engine.trainer import Interrupted, Stage, Trainer, ValidationHook
 from utils.distributed import DistInfo, any_rank, cleanup, init_distributed
 from utils.errors import UserError
 from utils.io import atomic_write, check_output_dir, read_json
-from utils.logs import log, setup_logging
+from utils.logs import close_logging, log, setup_logging
 from utils.precision import pick_device
 from utils.runlock import RunLock
 
@@ -80,6 +80,7 @@ def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
             writer.close()
         if lock is not None:
             lock.release()
+        close_logging()
         cleanup()
     return run_dir
 

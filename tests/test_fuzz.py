@@ -29,6 +29,9 @@ from data.text import SPECIALS, Vocabulary, load_vocabulary
 from tests.helpers import write_fashion200k, write_fashioniq, write_shoes
 from utils.errors import UserError
 
+# about 75 s on 2 cores: in `make test` (CI), not in `make test-fast`
+pytestmark = pytest.mark.slow
+
 COUNTS: Counter = Counter()
 
 

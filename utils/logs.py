@@ -11,12 +11,17 @@ from utils.io import atomic_write_text
 log = logging.getLogger("manme")
 
 
-def setup_logging(log_file: str | Path | None = None, is_main: bool = True) -> None:
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-    log.propagate = False
+def close_logging() -> None:
+    """Remove the handlers setup_logging added (a finished run's log file, a console that may go away)."""
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
+
+
+def setup_logging(log_file: str | Path | None = None, is_main: bool = True) -> None:
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    log.propagate = False
+    close_logging()
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(console)
