@@ -1,4 +1,4 @@
-"""Benchmark: the evaluation ranking engine (utils/ranking.py) vs the per-query loop of peers.
+"""Benchmark: the evaluation ranking engine (engine/ranking.py) vs the per-query loop of peers.
 
     python benchmarks/bench_eval.py                      # the three FashionIQ val sizes
     python benchmarks/bench_eval.py --gallery 1000000 --queries 10000   # one synthetic size
