@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
     p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--fpn_smooth", default="full", choices=("full", "depthwise"),
+                   help="top-down smoothing convs: full (the default of train.py) or depthwise (the speed option)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -64,7 +66,8 @@ def main() -> None:
     finetune = args.stage == 2
     cfg = resolve({"dataset": "fashioniq", "backbone": args.backbone, "backbone_weights": "none",
                    "crop_size": args.crop, "batch_size": args.batch, "device": args.device, "amp": args.amp,
-                   "img_finetune": finetune, "txt_finetune": finetune, "channels_last": args.channels_last})
+                   "img_finetune": finetune, "txt_finetune": finetune, "channels_last": args.channels_last,
+                   "fpn_smooth": args.fpn_smooth})
     device = pick_device(args.device)
     dtype = amp_dtype(cfg.amp, device)
     if device.type == "cuda":
