@@ -11,7 +11,7 @@ with --two_stage or fine-tuning flags, else stage 1's) into <run>/eval/; their o
 <run>/ablation.log. --model, --seed, --exp_name, --output_dir, --resume and --ckpt are set per run.
 
 Rerunning the command skips finished runs (a line in results.jsonl and its metrics.json) and continues
-interrupted ones (a run folder with config.json) with --resume auto; Ctrl-C stops the runs after
+interrupted ones (a run folder with config.json) with --resume auto; Ctrl-C (or SIGTERM) stops the runs after
 their current step, saving a checkpoint. After every finished run <out>/results.jsonl,
 <out>/results.md (mean ± std over seeds; the difference from the first variant paired by seed;
 chance levels) and <out>/results.png (R@1 and attention overlap per variant) are rewritten.
@@ -458,7 +458,18 @@ def main(argv: list[str] | None = None) -> int:
                         f"{cfg.dataset} --data_root {cfg.data_root} --vocab_dir {cfg.vocab_dir}`")
     check_output_dir(args.out, "--out")
     command = shlex.join([*PROG.split(), *argv])
+    stop_on_signals()
     return run_all(runs, args.out, args.jobs, [v.spec for v in variants], command)
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop the grid the same way (the runs save and stop), also when the tool was
+    started in the background by a non-interactive shell, which starts it with SIGINT ignored."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":
