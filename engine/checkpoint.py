@@ -3,8 +3,8 @@
 A checkpoint is a dict: model, optimizer, scheduler, scaler (state dicts); stage (1 or 2),
 epoch, step, epoch_step (optimizer steps done inside `epoch`), global_batch (to continue an
 epoch under another process count), best_score, skipped (batches skipped for a non-finite
-loss), rng (every RNG state), config (dict) and vocab ({"tokens", "words_count"}). `torch.load(weights_only=True)`
-refuses anything that could run code when read.
+loss), rng (every RNG state), config (dict) and vocab ({"tokens", "words_count", "dataset"}).
+`torch.load(weights_only=True)` refuses anything that could run code when read.
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from engine.inference import Trained, build_queries, embed_images, rank_gallery
 from engine.ranking import RankResult, rank_queries, recall_at
 from models import ComposedQuery
 from utils.distributed import DistInfo
+from utils.errors import UserError
 from utils.io import atomic_write, atomic_write_json
 from utils.logs import log
 
@@ -86,7 +87,7 @@ def embed_split_images(model, fmt: DatasetFormat, image_ids: list[str], cfg, dev
     embedded = embed_images(model, [fmt.image_path(i) for i in image_ids], cfg.crop_size, device, cfg.eval_batch_size,
                             cfg.num_workers, dist_info, amp_dtype, progress)
     if embedded.errors:
-        raise ValueError(f"{len(embedded.errors)} unreadable image file(s) in the {fmt.name} evaluation images: "
+        raise UserError(f"{len(embedded.errors)} unreadable image file(s) in the {fmt.name} evaluation images: "
                          + "; ".join(m for _, m in embedded.errors[:3])
                          + f" (`python -m data.check --dataset {fmt.name}` lists every such file)")
     return embedded.features

@@ -102,7 +102,7 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
     features = {g: torch.cat(x) if x else torch.zeros(0, model.embed_dim, device=device) for g, x in parts.items()}
     if dist_info.enabled:
         if any_rank(bool(errors), device):
-            raise ValueError("unreadable image files: " + ("; ".join(m for _, m in errors[:3]) or "on another rank")
+            raise UserError("unreadable image files: " + ("; ".join(m for _, m in errors[:3]) or "on another rank")
                              + " (`python -m data.check` lists every such file)")
         for grain, local in features.items():  # pad to equal size, gather, trim
             padded = torch.zeros(per_rank, local.shape[1], device=device)

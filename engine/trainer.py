@@ -28,6 +28,7 @@ from engine.sampler import ResumableSampler
 from losses import RetrievalLoss
 from models import build_model, map_tensors
 from utils.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_with_grad
+from utils.errors import UserError
 from utils.logs import StepLog, log
 from utils.precision import amp_dtype, autocast, pick_device
 
@@ -147,7 +148,7 @@ class Trainer:
         missing = images - {i for t in usable for i in (t.reference, t.target)}
         global_batch = cfg.batch_size * dist_info.world_size
         if len(usable) < global_batch:
-            raise ValueError(f"--batch_size {cfg.batch_size} (x{dist_info.world_size} processes) is larger than the "
+            raise UserError(f"--batch_size {cfg.batch_size} (x{dist_info.world_size} processes) is larger than the "
                              f"{len(usable)} usable training triplets; lower --batch_size")
         self.train_set = EpochTriplets(self.fmt, self.vocab, cfg.crop_size, cfg.seed, usable, missing)
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed,

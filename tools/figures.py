@@ -134,7 +134,7 @@ def draw_retrievals(rows: list[RetrievalRow], width: int = WIDTH, title: str = "
     separator = 14
     side = (width - 2 * MARGIN - separator - k * GAP) // (k + 1)
     if side < 24:
-        raise ValueError(f"{k} results do not fit {width} px; lower --k or raise --width")
+        raise UserError(f"{k} results do not fit {width} px; lower --k or raise --width")
     big, small = font(max(12, width // 48)), font(max(11, width // 60))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     captions = [wrap(probe, f"“{r.text}”", big, width - 2 * MARGIN) for r in rows]
@@ -184,7 +184,7 @@ def first_split(fmt, split: str):
     """The split's first category (FashionIQ: the first of --categories), missing images dropped."""
     splits = eval_splits(fmt, split)
     if not splits:
-        raise ValueError(f"{fmt.name} {split}: no evaluation split")
+        raise UserError(f"{fmt.name} {split}: no evaluation split")
     return splits[0]
 
 
