@@ -68,6 +68,10 @@ class Config:
                           "data,eval,vocab")
     crop_size: int = opt(224, "Image crop size in pixels; images are resized to crop_size*256/224 first.",
                          "data,model", check=at_least(32))
+    image_cache: str = opt("auto", "Prepared image cache (`python -m data.prepare`): auto (the data root's cache/ "
+                           "folder, when it holds this dataset at this --crop_size), none (read the image files), "
+                           "or a FOLDER. Images it lacks, or whose file changed since, are read from their files; "
+                           "the pixels are the same either way.", "data")
     num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search",
                            check=at_least(0))
     # --- model ---

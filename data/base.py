@@ -157,6 +157,27 @@ class DatasetFormat(ABC):
     def has_image(self, image_id: str) -> bool:
         return self.image_path(image_id).is_file()
 
+    def split_images(self) -> dict[str, list[str]]:
+        """split -> the image ids it uses (its image lists and what its triplets or queries name), in a fixed
+        order, each id under the first split that uses it: the images data.prepare caches."""
+        images: dict[str, list[str]] = {}
+        used = ("train", *self.eval_split_names)
+        for (_, split), ids in self.image_lists().items():
+            if split in used:  # FashionIQ's test images serve no protocol here
+                images.setdefault(split, []).extend(ids)
+        images.setdefault("train", []).extend(i for t in self.train_triplets(0) for i in (t.reference, t.target))
+        for split in self.eval_split_names:
+            for s in self.eval_splits(split):
+                images.setdefault(split, []).extend(
+                    i for q in s.queries for i in (q.reference, *q.targets, *q.subset))
+                images[split].extend(s.gallery)
+        seen: set[str] = set()  # an image two splits use is stored once, with the first (Fashion200k's val is test)
+        out = {}
+        for split, ids in images.items():
+            out[split] = [i for i in unique(ids) if i not in seen]
+            seen.update(out[split])
+        return {split: ids for split, ids in out.items() if ids}
+
     def selection_keys(self) -> tuple[str, ...]:
         """The figures whose mean is the summary metric and the best-checkpoint criterion: by default every
         published recall ("R@K" of recall_ks; FashionIQ's mR)."""

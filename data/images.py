@@ -64,9 +64,23 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
 
 
 def resize_size(crop_size: int) -> int:
+    """The square side images are resized to before a crop of crop_size (256 for 224)."""
     return round(crop_size * 256 / 224)
 
 
+def resize_square(image: Image.Image, size: int) -> np.ndarray:
+    """A square RGB image resized to size x size as transforms.Resize(size) does (bilinear, antialiased):
+    (size, size, 3) uint8, the prepared pixels data.augment crops from and data.prepare caches."""
+    return np.array(transforms.functional.resize(image, [size, size]), dtype=np.uint8)
+
+
+def prepared_pixels(path: str | Path, size: int, upright: bool = False) -> np.ndarray:
+    """The deterministic part of the transform from the file: load_image (RGB, white square), then resize."""
+    return resize_square(load_image(path, upright), size)
+
+
+# The per-image torchvision form of the transform. Training and evaluation run the same steps on
+# whole batches (data.augment), which tests/test_cache.py checks equal to these bit for bit.
 def train_transform(crop_size: int = 224):
     return transforms.Compose([
         transforms.Resize(resize_size(crop_size)),

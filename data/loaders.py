@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from data.augment import crop_flip_normalize, draw_train_crop
 from data.base import DatasetFormat, EvalSplit, Triplet
-from data.images import load_image
+from data.cache import PixelSource
 from data.text import Vocabulary
 
 
@@ -24,8 +25,9 @@ def pad_tokens(sequences: list[list[int]] | list[torch.Tensor]) -> tuple[torch.T
 
 @dataclass
 class TripletBatch:
-    reference: torch.Tensor  # (B, 3, H, W)
-    target: torch.Tensor  # (B, 3, H, W)
+    reference: torch.Tensor  # (B, S, S, 3) uint8 prepared pixels; images() crops and normalises them
+    target: torch.Tensor  # (B, S, S, 3) uint8
+    crops: torch.Tensor  # (B, 2, 3) long: (top, left, flip) of the reference and of the target
     tokens: torch.Tensor  # (B, Lmax), 0-padded
     lengths: torch.Tensor  # (B,); pack_padded_sequence wants them on the CPU: pass lengths.cpu()
     index: torch.Tensor  # (B,) positions in the TripletImages dataset
@@ -37,43 +39,55 @@ class TripletBatch:
     def pin_memory(self) -> TripletBatch:  # called by DataLoader(pin_memory=True)
         return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
+    def images(self, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's (reference, target) inputs, (B, 3, crop, crop) float32, made where the batch is
+        (move it to the GPU first: the pixels travel as uint8)."""
+        return (crop_flip_normalize(self.reference, self.crops[:, 0], crop),
+                crop_flip_normalize(self.target, self.crops[:, 1], crop))
+
     def __len__(self) -> int:
         return len(self.index)
 
 
 class TripletImages(Dataset):
-    """Items: dict(reference=image, target=image, tokens=LongTensor, index=int)."""
+    """Items: dict(reference=pixels, target=pixels, crops=(2, 3), tokens=LongTensor, index=int).
 
-    def __init__(self, fmt: DatasetFormat, triplets: list[Triplet], vocab: Vocabulary, transform):
+    The crops and flips are drawn here, from torch's generator (EpochTriplets seeds it per item), in
+    the order torchvision's per-image train_transform draws them; the batch applies them."""
+
+    def __init__(self, fmt: DatasetFormat, triplets: list[Triplet], vocab: Vocabulary, source: PixelSource,
+                 crop: int):
         self.triplets = triplets
         # Resolve paths and tokens once here, so workers need neither the format's index nor the vocabulary.
         self.paths = [(str(fmt.image_path(t.reference)), str(fmt.image_path(t.target))) for t in triplets]
         self.tokens = [vocab.encode(t.text) for t in triplets]
-        self.transform = transform
+        self.source, self.crop = source, crop
 
     def __len__(self) -> int:
         return len(self.triplets)
 
     def __getitem__(self, i: int) -> dict:
-        reference, target = self.paths[i]
-        return dict(reference=self.transform(load_image(reference)), target=self.transform(load_image(target)),
+        reference, target = (torch.from_numpy(self.source(p)) for p in self.paths[i])
+        crops = [draw_train_crop(self.source.size, self.crop) for _ in range(2)]  # reference's, then target's
+        return dict(reference=reference, target=target, crops=torch.tensor(crops, dtype=torch.long),
                     tokens=torch.tensor(self.tokens[i], dtype=torch.long), index=i)
 
 
 class ImageList(Dataset):
-    """Items: dict(image=tensor, index=i), or dict(error=message, index=i) when the file cannot be read,
-    so that whoever embeds a list decides what an unreadable file means (evaluation refuses, search skips)."""
+    """Items: dict(image=prepared pixels, index=i), or dict(error=message, index=i) when the file cannot be
+    read, so that whoever embeds a list decides what an unreadable file means (evaluation refuses, search
+    skips). center_crop_normalize makes the model's input of a batch."""
 
-    def __init__(self, paths: list[str | Path], transform, upright: bool = False):
+    def __init__(self, paths: list[str | Path], source: PixelSource):
         self.paths = [str(p) for p in paths]
-        self.transform, self.upright = transform, upright
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
         try:
-            return dict(image=self.transform(load_image(self.paths[i], self.upright)), index=i)
+            return dict(image=torch.from_numpy(self.source(self.paths[i])), index=i)
         except (OSError, ValueError) as e:
             return dict(error=str(e), index=i)
 
@@ -97,6 +111,7 @@ def collate_triplets(items: list[dict]) -> TripletBatch:
     tokens, lengths = pad_tokens([x["tokens"] for x in items])
     return TripletBatch(reference=torch.stack([x["reference"] for x in items]),
                         target=torch.stack([x["target"] for x in items]),
+                        crops=torch.stack([x["crops"] for x in items]),
                         tokens=tokens, lengths=lengths,
                         index=torch.tensor([x["index"] for x in items], dtype=torch.long))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from data.base import DatasetFormat, EvalSplit, Query, unique
+from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
 from data.loaders import drop_missing_eval
 from engine.inference import Trained, build_queries, embed_images, rank_gallery
@@ -82,10 +83,12 @@ def eval_splits(fmt: DatasetFormat, split: str) -> list[EvalSplit]:
 
 
 def embed_split_images(model, fmt: DatasetFormat, image_ids: list[str], cfg, device, dist_info=None, amp_dtype=None,
-                       progress: bool = True) -> dict[str, torch.Tensor]:
-    """grain -> (N, d) embeddings of the dataset images `image_ids`; an unreadable file is an error naming it."""
+                       progress: bool = True, source: PixelSource | None = None) -> dict[str, torch.Tensor]:
+    """grain -> (N, d) embeddings of the dataset images `image_ids`; an unreadable file is an error naming it.
+    `source`: where the pixels come from (default: the --image_cache setting, opened quietly)."""
+    source = source or open_pixel_source(cfg, log=lambda _: None)
     embedded = embed_images(model, [fmt.image_path(i) for i in image_ids], cfg.crop_size, device, cfg.eval_batch_size,
-                            cfg.num_workers, dist_info, amp_dtype, progress)
+                            cfg.num_workers, dist_info, amp_dtype, progress, source=source)
     if embedded.errors:
         raise UserError(f"{len(embedded.errors)} unreadable image file(s) in the {fmt.name} evaluation images: "
                          + "; ".join(m for _, m in embedded.errors[:3])
@@ -214,15 +217,17 @@ def ranking_rows(s: EvalSplit, result: RankResult, subsets: SubsetRanks | None, 
 
 @torch.inference_mode()
 def evaluate(model, fmt: DatasetFormat, vocab, cfg, split: str, device, dist_info: DistInfo | None = None,
-             amp_dtype=None, keep_rankings: bool = True, progress: bool = True) -> EvalResult:
+             amp_dtype=None, keep_rankings: bool = True, progress: bool = True,
+             source: PixelSource | None = None) -> EvalResult:
     """Run the dataset's protocol on `split` and return recalls, overlap and (optionally) rankings, with the
-    files an evaluation server scores the split from when its targets are not public (CIRR test1)."""
+    files an evaluation server scores the split from when its targets are not public (CIRR test1).
+    `source` gives the images' pixels (data.cache; default: as --image_cache says)."""
     was_training = model.training
     model.eval()
     splits = eval_splits(fmt, split)
     image_ids = sorted({i for s in splits for i in s.gallery} | {q.reference for s in splits for q in s.queries})
     position = {image_id: n for n, image_id in enumerate(image_ids)}
-    features = embed_split_images(model, fmt, image_ids, cfg, device, dist_info, amp_dtype, progress)
+    features = embed_split_images(model, fmt, image_ids, cfg, device, dist_info, amp_dtype, progress, source)
 
     per_category, rankings, overlap_sums, n_total = {}, [], {}, 0
     for s in splits:
@@ -261,7 +266,7 @@ def evaluate_trained(trained: Trained, checkpoint_path: str | Path, output_dir: 
                               f"pass --output_dir") from None
     try:
         result = evaluate(trained.model, open_dataset(cfg), trained.vocab, cfg, cfg.split, trained.device,
-                          amp_dtype=trained.amp_dtype)
+                          amp_dtype=trained.amp_dtype, source=open_pixel_source(cfg))
     except BaseException:
         if created and not any(out_dir.iterdir()):  # leave nothing behind for a failed evaluation
             out_dir.rmdir()

@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import resolve
-from data.images import eval_transform
+from data.augment import center_crop_normalize
+from data.cache import PixelSource
+from data.images import resize_size
 from data.loaders import ImageList, collate_images, ignore_stop_signals, pad_tokens
 from data.text import Vocabulary
 from engine.checkpoint import CheckpointError, checkpoint_vocabulary, load_checkpoint, strip_ddp_prefix
@@ -76,8 +78,12 @@ class ImageEmbeddings:
 @torch.inference_mode()
 def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_size: int = 64,
                  num_workers: int = 0, dist_info: DistInfo | None = None, amp_dtype=None,
-                 progress: bool = True, desc: str = "embed images", upright: bool = False) -> ImageEmbeddings:
+                 progress: bool = True, desc: str = "embed images", upright: bool = False,
+                 source: PixelSource | None = None) -> ImageEmbeddings:
     """Embed image files at the evaluation crop; unreadable files are reported in `errors`, not embedded.
+
+    `source` gives the prepared pixels (data.cache: the image cache where it holds a file); by default the
+    files are read, with their EXIF orientation applied when `upright` (a user's photos).
 
     Under torchrun each rank embeds a shard and the features are gathered; a distributed caller
     gets every row or, when any rank met an unreadable file, a ValueError on every rank."""
@@ -85,7 +91,8 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
     n = len(paths)
     per_rank = -(-n // dist_info.world_size)
     offset = dist_info.rank * per_rank
-    loader = DataLoader(ImageList(paths[offset:offset + per_rank], eval_transform(crop_size), upright),
+    source = source or PixelSource(resize_size(crop_size), upright=upright)
+    loader = DataLoader(ImageList(paths[offset:offset + per_rank], source),
                         batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images,
                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     parts: dict[str, list[torch.Tensor]] = {g: [] for g in model.grains}
@@ -95,7 +102,8 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
         if batch["image"] is None:
             continue
         with autocast(device, amp_dtype):
-            feats = model.encode_images(batch["image"].to(device, non_blocking=True))
+            pixels = batch["image"].to(device, non_blocking=True)  # uint8: crop and normalise where the model is
+            feats = model.encode_images(center_crop_normalize(pixels, crop_size))
         for grain in model.grains:
             parts[grain].append(feats[grain].float())
         kept += [offset + i for i in batch["index"]]

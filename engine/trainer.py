@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from config import Config
+from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
-from data.images import train_transform
 from data.loaders import TripletImages, collate_triplets, drop_missing, ignore_stop_signals
 from data.text import Vocabulary, load_vocabulary, vocabulary_path
 from engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state, strip_ddp_prefix, vocab_state
@@ -55,27 +55,32 @@ class EpochTriplets(Dataset):
     where a run was resumed. Fashion200k draws new pairs each epoch.
     """
 
-    def __init__(self, fmt, vocab, crop_size: int, seed: int, triplets_epoch0, missing: set[str]):
+    def __init__(self, fmt, vocab, source: PixelSource, crop_size: int, seed: int, triplets_epoch0,
+                 missing: set[str]):
         self.fmt, self.vocab, self.seed, self.missing = fmt, vocab, seed, missing
-        self.transform = train_transform(crop_size)
+        self.source, self.crop_size = source, crop_size
         self.length = len(triplets_epoch0)
-        self._epoch, self._items = 0, TripletImages(fmt, triplets_epoch0, vocab, self.transform)
+        self._epoch, self._items = 0, TripletImages(fmt, triplets_epoch0, vocab, source, crop_size)
 
     def _items_for(self, epoch: int) -> TripletImages:
         if epoch != self._epoch:
             triplets = [t for t in self.fmt.train_triplets(epoch)
                         if t.reference not in self.missing and t.target not in self.missing]
-            self._epoch, self._items = epoch, TripletImages(self.fmt, triplets, self.vocab, self.transform)
+            self._epoch, self._items = epoch, TripletImages(self.fmt, triplets, self.vocab, self.source,
+                                                            self.crop_size)
         return self._items
 
     def __len__(self) -> int:
         return self.length
 
+    def item_seed(self, epoch: int, index: int) -> int:
+        return (self.seed * 1_000_003 + epoch) * 10_000_019 + index
+
     def __getitem__(self, key):
         epoch, index = key
         items = self._items_for(epoch)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            torch.manual_seed(self.item_seed(epoch, index))
             return items[index % len(items)]
 
 
@@ -150,7 +155,8 @@ class Trainer:
         if len(usable) < global_batch:
             raise UserError(f"--batch_size {cfg.batch_size} (x{dist_info.world_size} processes) is larger than the "
                              f"{len(usable)} usable training triplets; lower --batch_size")
-        self.train_set = EpochTriplets(self.fmt, self.vocab, cfg.crop_size, cfg.seed, usable, missing)
+        source = open_pixel_source(cfg, log=log.info if dist_info.is_main else lambda _: None)
+        self.train_set = EpochTriplets(self.fmt, self.vocab, source, cfg.crop_size, cfg.seed, usable, missing)
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                         dist_info.rank, dist_info.world_size)
         workers = cfg.num_workers
@@ -242,12 +248,12 @@ class Trainer:
 
     # -- one optimizer step ----------------------------------------------------------------------
     def train_step(self, batch):
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, non_blocking=True)  # uint8 pixels; crop, flip, normalise run here
+        reference, target = batch.images(self.cfg.crop_size)
+        if self.cfg.channels_last:
+            reference = reference.contiguous(memory_format=torch.channels_last)
+            target = target.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            reference, target = batch.reference, batch.target
-            if self.cfg.channels_last:
-                reference = reference.contiguous(memory_format=torch.channels_last)
-                target = target.contiguous(memory_format=torch.channels_last)
             query, target = self.forward(reference, target, batch.tokens, batch.lengths)
             if self.dist.enabled and self.cfg.gather_negatives:
                 query = map_tensors(query, gather_with_grad)
@@ -368,7 +374,7 @@ class Trainer:
     def validate(self) -> EvalResult:
         # in float32, as evaluate.py: the selection score does not move with the training precision
         result = evaluate(self.model, self.fmt, self.vocab, self.cfg, "val", self.device, self.dist,
-                          amp_dtype=None, keep_rankings=False, progress=True)
+                          amp_dtype=None, keep_rankings=False, progress=True, source=self.train_set.source)
         if self.dist.is_main:
             number = self.stage.number
             log.info(f"stage {number} epoch {self.epoch} validation:\n{result.table()}")

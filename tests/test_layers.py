@@ -13,7 +13,8 @@ from pathlib import Path
 from tests.helpers import ROOT
 
 # Modules run as commands: they may import anything below them.
-ENTRY_POINTS = {"vocab", "train", "evaluate", "retrieve", "visualize", "data.check", "data.synthetic.__main__"}
+ENTRY_POINTS = {"vocab", "train", "evaluate", "retrieve", "visualize", "data.check", "data.prepare",
+                "data.synthetic.__main__"}
 LAYERS = {"utils": 0, "data": 1, "models": 1, "losses": 2, "config": 3, "engine": 4, "tools": 5, "experiments": 6}
 ENTRY_LAYER = 7
 # same-layer packages that may import one another, in this direction only

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from config import Config
 from data import check
+from data.cache import PixelSource
 from data.formats import open_dataset
 from data.images import eval_transform, load_image, resize_size, train_transform
 from data.loaders import (
@@ -85,10 +86,12 @@ def test_triplet_loader_end_to_end(tmp_path):
     fmt = fashioniq_with_images(tmp_path)
     triplets = fmt.train_triplets()
     vocab = Vocabulary.build(fmt.train_captions())
-    data = TripletImages(fmt, triplets, vocab, train_transform(32))
+    data = TripletImages(fmt, triplets, vocab, PixelSource(resize_size(32)), 32)
     batch = next(iter(DataLoader(data, batch_size=4, collate_fn=collate_triplets)))
     assert isinstance(batch, TripletBatch) and len(batch) == 4
-    assert batch.reference.shape == batch.target.shape == (4, 3, 32, 32)
+    assert batch.reference.shape == batch.target.shape == (4, 37, 37, 3) and batch.reference.dtype == torch.uint8
+    reference, target = batch.images(32)
+    assert reference.shape == target.shape == (4, 3, 32, 32) and reference.dtype == torch.float32
     expected = [len(vocab.encode(t.text)) for t in triplets]
     assert batch.lengths.tolist() == expected and batch.tokens.shape == (4, max(expected))
     for row, n in zip(batch.tokens, expected):
@@ -106,10 +109,10 @@ def test_gallery_loader(tmp_path):
     (val,) = fmt.eval_splits("val")
     paths = [fmt.image_path(i) for i in val.gallery]
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    loader = DataLoader(ImageList(paths[:3] + [tmp_path / "broken.jpg"], eval_transform(32)), batch_size=4,
+    loader = DataLoader(ImageList(paths[:3] + [tmp_path / "broken.jpg"], PixelSource(37)), batch_size=4,
                         collate_fn=collate_images)
     batch = next(iter(loader))
-    assert batch["image"].shape == (3, 3, 32, 32) and batch["index"] == [0, 1, 2]
+    assert batch["image"].shape == (3, 37, 37, 3) and batch["index"] == [0, 1, 2]
     assert [i for i, _ in batch["errors"]] == [3] and "broken.jpg" in batch["errors"][0][1]
 
 
@@ -143,9 +146,9 @@ def test_shoes_and_fashion200k_load_through_dataloader(tmp_path):
         fmt = open_dataset(Config(dataset=dataset, data_root=str(tmp_path)))
         vocab = Vocabulary.build(fmt.train_captions(), fmt.vocab_specials)
         triplets = drop_missing(fmt, fmt.train_triplets(1))
-        batch = next(iter(DataLoader(TripletImages(fmt, triplets, vocab, train_transform(16)),
+        batch = next(iter(DataLoader(TripletImages(fmt, triplets, vocab, PixelSource(resize_size(16)), 16),
                                      batch_size=2, collate_fn=collate_triplets)))
-        assert batch.reference.shape[1:] == (3, 16, 16)
+        assert batch.images(16)[0].shape[1:] == (3, 16, 16)
         assert vocab.unk_id not in batch.tokens.tolist()[0]
 
 

@@ -1,7 +1,7 @@
 """The command line of the synthetic dataset generator (`main`; run by `python -m data.synthetic`).
 
     python -m data.synthetic --out DIR --dataset fashioniq|shoes|fashion200k|cirr [--size 64] [--seed N]
-                             [--difficulty easy|hard]
+                             [--difficulty easy|hard] [--photo WxH]
 
 writes DIR/fashionIQ/, DIR/shoes/, DIR/fashion200K/ or DIR/cirr/ so that `--data_root DIR` reads it,
 and prints the sizes and chance levels of what it wrote. `--difficulty hard` writes the
@@ -13,6 +13,16 @@ import argparse
 import sys
 
 from data.synthetic.writers import DIFFICULTIES, FOLDERS, generate
+
+
+def photo_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT in pixels, e.g. 500x650") from None
+    if min(width, height) < 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be at least 16 px")
+    return width, height
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,10 +55,14 @@ def main(argv: list[str] | None = None) -> None:
                              "(val 1/6, straddling ~1/6; default 1500; hard 3000, val one per edge); fashion200k test "
                              "queries (default 300, hard 600); cirr train triplets (at most 10 per image set; val and "
                              "test1: 4 per set; default 1200).")
+    parser.add_argument("--photo", type=photo_size, default=None, metavar="WxH",
+                        help="Write each image as a WxH product photo: the item drawn at min(W, H) px on a white "
+                             "canvas (replaces --size). For benchmarks of the image path at the file sizes of the "
+                             "real datasets, e.g. 500x650.")
     args = parser.parse_args(argv)
     try:
         generate(args.out, args.dataset, args.size, args.seed, args.n_images, args.n_triplets, verbose=True,
-                 difficulty=args.difficulty)
+                 difficulty=args.difficulty, photo=args.photo)
     except (ValueError, FileExistsError) as error:
         sys.exit(f"error: {error}")
 

@@ -92,6 +92,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from data.synthetic.attributes import (
     COLOUR_NAMES,
@@ -176,8 +177,8 @@ def fmt_chance(chance: dict[int, float]) -> str:
 class Writer:
     """Writes images and annotation files under one dataset folder; one render rng per image."""
 
-    def __init__(self, folder: Path, size: int, seed: int):
-        self.folder, self.size, self.seed, self.count = folder, size, seed, 0
+    def __init__(self, folder: Path, size: int, seed: int, photo: tuple[int, int] | None = None):
+        self.folder, self.size, self.seed, self.count, self.photo = folder, size, seed, 0, photo
 
     def image(self, relative: str, kind: str, attrs: dict) -> None:
         path = self.folder / relative
@@ -185,6 +186,10 @@ class Writer:
         rng = np.random.default_rng([self.seed, 7, self.count])
         self.count += 1
         image = render(kind, attrs, self.size, rng)
+        if self.photo:  # a product photo's frame: the garment centred on a white W x H canvas
+            canvas = Image.new("RGB", self.photo, (255, 255, 255))
+            canvas.paste(image, ((self.photo[0] - image.width) // 2, (self.photo[1] - image.height) // 2))
+            image = canvas
         if path.suffix == ".png":  # CIRR's images
             image.save(path, "PNG")
         else:
@@ -604,13 +609,16 @@ DIFFICULTIES = ("easy", "hard")
 
 
 def generate(out_dir, dataset: str, size: int = 64, seed: int = 0, n_images: int | None = None,
-             n_triplets: int | None = None, verbose: bool = False, difficulty: str = "easy") -> Path:
+             n_triplets: int | None = None, verbose: bool = False, difficulty: str = "easy",
+             photo: tuple[int, int] | None = None) -> Path:
     """Write the synthetic `dataset` under out_dir/<dataset folder>/ and return that folder.
 
     difficulty "easy" (the default) writes what this module always wrote; "hard" writes the
     near-miss benchmark described in the module docstring. A folder of that name (any case) is
     replaced only if this module wrote it (it holds SYNTHETIC.txt); the new one is built beside
-    it and moved into place when complete."""
+    it and moved into place when complete. `photo` (width, height) writes each image as a product photo of
+    that size: the garment drawn at min(width, height) px on a white canvas (the size and aspect ratio of real
+    dataset files, for benchmarks of the image path; the pixels the model sees are the same up to scale)."""
     if dataset not in FOLDERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(FOLDERS)}")
     if difficulty not in DIFFICULTIES:
@@ -635,12 +643,15 @@ def generate(out_dir, dataset: str, size: int = 64, seed: int = 0, n_images: int
                                   f"refusing to overwrite it: choose another --out")
     partial = out / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    writer = Writer(partial, size, seed)
+    if photo:
+        size = min(photo)
+    writer = Writer(partial, size, seed, photo)
     stream = {"fashioniq": 1, "shoes": 2, "fashion200k": 3, "cirr": 4}[dataset]
     rng = np.random.default_rng([seed, stream, 2] if hard else [seed, stream])
     summary = (HARD_WRITERS if hard else WRITERS)[dataset](writer, rng, n_images, n_triplets)
     command = (f"python -m data.synthetic --out DIR --dataset {dataset} --size {size} --seed {seed} "
-               f"--n_images {n_images} --n_triplets {n_triplets}" + (" --difficulty hard" if hard else ""))
+               f"--n_images {n_images} --n_triplets {n_triplets}" + (" --difficulty hard" if hard else "")
+               + (f" --photo {photo[0]}x{photo[1]}" if photo else ""))
     if hard:
         summary = [f"difficulty hard (near-miss groups, small details; see data/synthetic/writers.py); "
                    f"{ATTRIBUTES_FILE} lists every image's attributes"] + summary

@@ -1,0 +1,204 @@
+"""The prepared image cache (data.prepare, data.cache) and the batch-level transform (data.augment).
+
+Exactness is the point: a batch from the cache equals, bit for bit, the batch torchvision's per-image
+transforms make from the image files with the same seed, for every dataset format, and evaluation
+from the cache gives the same rankings.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import data.prepare as prepare
+from data.augment import center_crop_normalize
+from data.cache import PixelSource, open_pixel_source
+from data.formats import open_dataset
+from data.images import eval_transform, load_image, prepared_pixels, resize_size, train_transform
+from data.loaders import ImageList, collate_images, collate_triplets
+from data.synthetic import generate
+from data.text import Vocabulary
+from engine.evaluation import evaluate
+from engine.trainer import EpochTriplets
+from models import build_model
+from tests.helpers import dataset_config, one_thread
+
+FORMATS = ("fashioniq", "shoes", "fashion200k", "cirr")
+CROP = 32  # prepared size resize_size(32) = 37
+SIZES = {"fashioniq": dict(n_images=16, n_triplets=8), "shoes": dict(n_images=16, n_triplets=24),
+         "fashion200k": dict(n_images=8, n_triplets=8), "cirr": dict(n_images=24, n_triplets=24)}
+
+
+@pytest.fixture(scope="module")
+def photo_root(tmp_path_factory):
+    """Every format, its images written as non-square photos (padding to a square matters)."""
+    root = tmp_path_factory.mktemp("photos")
+    for dataset in FORMATS:
+        generate(root, dataset, seed=0, photo=(44, 60), **SIZES[dataset])
+    return root
+
+
+def prepared_copy(photo_root, tmp_path, *flags):
+    """A copy of the data root with its cache written by `python -m data.prepare` (in process)."""
+    root = tmp_path / "data"
+    shutil.copytree(photo_root, root, copy_function=shutil.copy2)  # copy2 keeps mtimes: the cache stays current
+    for dataset in FORMATS:
+        assert prepare.main(["--dataset", dataset, "--data_root", str(root), "--crop_size", str(CROP),
+                             "--workers", "0", *flags]) == 0
+    return root
+
+
+def train_batch(fmt, source, keys):
+    vocab = Vocabulary.build(fmt.train_captions(), fmt.vocab_specials)
+    dataset = EpochTriplets(fmt, vocab, source, CROP, seed=3, triplets_epoch0=fmt.train_triplets(0), missing=set())
+    return dataset, collate_triplets([dataset[k] for k in keys])
+
+
+def torchvision_batch(dataset, keys):
+    """The same items through the per-image torchvision train_transform, seeded as EpochTriplets seeds them."""
+    transform, references, targets = train_transform(CROP), [], []
+    for epoch, index in keys:
+        items = dataset._items_for(epoch)
+        reference, target = items.paths[index % len(items)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(dataset.item_seed(epoch, index))
+            references.append(transform(load_image(reference)))
+            targets.append(transform(load_image(target)))
+    return torch.stack(references), torch.stack(targets)
+
+
+@pytest.mark.parametrize("dataset", FORMATS)
+def test_batches_from_files_and_cache_equal_torchvision_bit_for_bit(photo_root, tmp_path, dataset):
+    root = prepared_copy(photo_root, tmp_path)
+    cfg = dataset_config(root, dataset, crop_size=CROP)
+    fmt = open_dataset(cfg)
+    keys = [(0, i) for i in range(8)] + [(1, i) for i in range(4)]  # Fashion200k draws other pairs in epoch 1
+    messages = []
+    cache = open_pixel_source(cfg, log=messages.append)
+    assert len(cache.rows) > 0 and "using the prepared image cache" in messages[0]
+    dataset_files, from_files = train_batch(fmt, PixelSource(resize_size(CROP)), keys)
+    _, from_cache = train_batch(fmt, cache, keys)
+    used = [p for items in (dataset_files._items_for(0), dataset_files._items_for(1)) for pair in items.paths
+            for p in pair]
+    assert all(cache.cached(p) for p in used)  # the cache really served every image
+    expected = torchvision_batch(dataset_files, keys)
+    for batch in (from_files, from_cache):
+        assert batch.reference.dtype == torch.uint8
+        for got, want in zip(batch.images(CROP), expected):
+            assert got.dtype == want.dtype and torch.equal(got, want)
+    flips = from_files.crops[:, :, 2].flatten()
+    assert 0 < int(flips.sum()) < len(flips)  # both branches of the flip were exercised
+    assert len({tuple(c) for c in from_files.crops[:, :, :2].reshape(-1, 2).tolist()}) > 3
+
+    # evaluation images: ImageList + center_crop_normalize equals eval_transform per image
+    paths = [fmt.image_path(i) for i in fmt.eval_splits(fmt.eval_split_names[0])[0].gallery[:6]]
+    transform = eval_transform(CROP)
+    want = torch.stack([transform(load_image(p)) for p in paths])
+    for source in (PixelSource(resize_size(CROP)), cache):
+        batch = collate_images([ImageList(paths, source)[i] for i in range(len(paths))])
+        assert torch.equal(center_crop_normalize(batch["image"], CROP), want)
+
+
+def test_evaluation_from_cache_gives_the_same_rankings(photo_root, tmp_path):
+    root = prepared_copy(photo_root, tmp_path)
+    torch.manual_seed(0)
+    results = {}
+    for cache in ("none", "auto"):
+        cfg = dataset_config(root, "fashioniq", crop_size=CROP, backbone="resnet18", backbone_weights="none",
+                             embed_dim=32, word_dim=16, num_workers=0, eval_batch_size=16, image_cache=cache)
+        fmt = open_dataset(cfg)
+        vocab = Vocabulary.build(fmt.train_captions(), fmt.vocab_specials)
+        if not results:
+            model = build_model(cfg, len(vocab)).eval()
+        with one_thread():
+            results[cache] = evaluate(model, fmt, vocab, cfg, "val", torch.device("cpu"), progress=False,
+                                      source=open_pixel_source(cfg))
+    files, cached = results["none"], results["auto"]
+    assert files.per_category == cached.per_category and files.overall == cached.overall
+    assert [r["ranking"] for r in files.rankings] == [r["ranking"] for r in cached.rankings]
+
+
+def cache_files(root):
+    return {p.name: p.read_bytes() for p in sorted((root / "cache").iterdir())}
+
+
+def test_interrupted_prepare_continues_where_it_stopped(photo_root, tmp_path, monkeypatch, capsys):
+    complete = prepared_copy(photo_root, tmp_path / "complete")
+    root = tmp_path / "data"
+    shutil.copytree(photo_root, root, copy_function=shutil.copy2)
+    args = ["--dataset", "fashioniq", "--data_root", str(root), "--crop_size", str(CROP), "--workers", "0"]
+    write_rows, calls = prepare.write_rows, []
+
+    def dies_on_third_chunk(task):
+        calls.append(len(task[2]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return write_rows(task)
+
+    monkeypatch.setattr(prepare, "CHUNK", 4)
+    monkeypatch.setattr(prepare, "write_rows", dies_on_third_chunk)
+    assert prepare.main(args) == 130  # Ctrl-C: exit 130, what was written stays
+
+    # a run meanwhile reads the 8 written rows from the cache and every other image from its file
+    cfg = dataset_config(root, "fashioniq", crop_size=CROP)
+    partial = open_pixel_source(cfg, log=lambda _: None)
+    assert len(partial.rows) == 8
+    fmt = open_dataset(cfg)
+    for image_id in fmt.split_images()["train"][:12]:
+        path = fmt.image_path(image_id)
+        assert np.array_equal(partial(path), prepared_pixels(path, resize_size(CROP)))
+
+    monkeypatch.setattr(prepare, "write_rows", write_rows)
+    capsys.readouterr()
+    assert prepare.main(args) == 0
+    assert "train: 8 of" in capsys.readouterr().err  # the progress bar starts after the rows already written
+    fresh = cache_files(complete)
+    assert {k: v for k, v in cache_files(root).items() if k.startswith("fashioniq")} == \
+        {k: v for k, v in fresh.items() if k.startswith("fashioniq")}
+
+
+def test_changed_missing_and_unreadable_images(photo_root, tmp_path, capsys):
+    root = prepared_copy(photo_root, tmp_path)
+    cfg = dataset_config(root, "shoes", crop_size=CROP)
+    fmt = open_dataset(cfg)
+    changed, missing, broken = (fmt.image_path(i) for i in fmt.split_images()["train"][:3])
+    shutil.copy(fmt.image_path(fmt.split_images()["train"][5]), changed)  # another picture under the same name
+    messages = []
+    source = open_pixel_source(cfg, log=messages.append)
+    assert "1 changed since and read from their files" in messages[0] and not source.cached(changed)
+    assert np.array_equal(source(changed), prepared_pixels(changed, resize_size(CROP)))
+
+    missing.unlink()
+    broken.write_bytes(b"not a jpeg")
+    capsys.readouterr()
+    status = prepare.main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP),
+                           "--workers", "0"])
+    out = capsys.readouterr().out
+    assert status == 1 and "2 image(s) missing or unreadable" in out
+    assert "missing\t" in out and missing.name in out and f"\t{broken}" in out
+    source = open_pixel_source(cfg, log=lambda _: None)
+    assert source.cached(changed) and not source.cached(missing) and not source.cached(broken)
+    with pytest.raises(ValueError, match="unreadable image"):  # as without a cache: the file's own error
+        source(broken)
+
+
+def test_cache_settings(photo_root, tmp_path):
+    root = prepared_copy(photo_root, tmp_path)
+    messages = []
+    # another crop size needs another prepared size: said, and the files are read
+    other = open_pixel_source(dataset_config(root, "fashioniq", crop_size=64), log=messages.append)
+    assert other.rows == {} and "no fashioniq images at 73 px" in messages[0] and "--size 73" in messages[0]
+    assert open_pixel_source(dataset_config(root, "fashioniq", crop_size=CROP, image_cache="none")).rows == {}
+    with pytest.raises(ValueError, match="--image_cache .*nowhere: no such folder.*data.prepare"):
+        open_pixel_source(dataset_config(root, "fashioniq", crop_size=CROP, image_cache=str(tmp_path / "nowhere")))
+    moved = tmp_path / "elsewhere"
+    shutil.move(root / "cache", moved)
+    explicit = open_pixel_source(dataset_config(root, "fashioniq", crop_size=CROP, image_cache=str(moved)),
+                                 log=lambda _: None)
+    assert len(explicit.rows) > 0
+    # user photos (retrieve.py) are read from their files with the EXIF rotation, never from a cache
+    upright = PixelSource(explicit.size, explicit.rows, upright=True)
+    path = next(iter(explicit.rows))
+    assert np.array_equal(upright(path), prepared_pixels(path, explicit.size, upright=True))
