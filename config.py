@@ -148,6 +148,10 @@ class Config:
     amp: str = opt("auto", "Mixed precision: bf16, fp16, off, or auto (bf16 on CUDA when supported, off on CPU). "
                    "Training only: evaluation, validation and search run in float32 unless --amp is given to them.",
                    "run,search", choices=("auto", "bf16", "fp16", "off"))
+    tf32: bool = opt(True, "Training on a CUDA GPU: float32 matmuls and convolutions in TF32 (Ampere and newer; "
+                     "--no-tf32: full IEEE float32). Evaluation and validation always use full float32.", "train")
+    cudnn_benchmark: bool = opt(True, "Training on a CUDA GPU: let cuDNN time its convolution algorithms once for "
+                                "the fixed input size and keep the fastest.", "train")
     channels_last: bool = opt(False, "Use channels-last memory format for the backbone.", "run")
     compile: bool = opt(False, "torch.compile the model.", "train")
     gather_negatives: bool = opt(True, "Under torchrun, use the whole global batch as in-batch negatives.", "train")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import resolve  # noqa: E402
 from losses import RetrievalLoss  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.precision import amp_dtype, pick_device  # noqa: E402
+from utils.precision import amp_dtype, pick_device, set_precision  # noqa: E402
 
 VOCAB, TEXT_LEN = 3775, 16
 
@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--fpn_smooth", default="full", choices=("full", "depthwise"),
                    help="top-down smoothing convs: full (the default of train.py) or depthwise (the speed option)")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="full IEEE float32 matmuls/convs on CUDA (train.py --no-tf32); default TF32, as train.py")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     args = p.parse_args()
@@ -67,13 +69,10 @@ def main() -> None:
     cfg = resolve({"dataset": "fashioniq", "backbone": args.backbone, "backbone_weights": "none",
                    "crop_size": args.crop, "batch_size": args.batch, "device": args.device, "amp": args.amp,
                    "img_finetune": finetune, "txt_finetune": finetune, "channels_last": args.channels_last,
-                   "fpn_smooth": args.fpn_smooth})
+                   "fpn_smooth": args.fpn_smooth, "tf32": args.tf32})
     device = pick_device(args.device)
     dtype = amp_dtype(cfg.amp, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    precision = set_precision(device, cfg.tf32, cfg.cudnn_benchmark)  # the function train.py calls
     model = build_model(cfg, VOCAB).to(device)
     model.set_finetune(finetune, finetune)
     model.train()
@@ -116,7 +115,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{name}; torch {torch.__version__}; {args.backbone} {args.crop}px, batch {args.batch}, stage {args.stage}, "
           f"amp {str(dtype).split('.')[-1] if dtype else 'off'}{', channels_last' if args.channels_last else ''}"
-          f"{', compiled' if args.compile else ''}")
+          f"{', compiled' if args.compile else ''}; " + ", ".join(f"{k} {v}" for k, v in precision.items()))
     print(f"full training step: {step_s * 1e3:8.1f} ms  ({args.batch / step_s:8.1f} triplets/s)")
     passes = "fwd+bwd" if finetune else "fwd"
     print(f"backbone alone    : {trunk_s * 1e3:8.1f} ms  ({2 * args.batch / trunk_s:8.1f} images/s, {passes})")

@@ -52,8 +52,9 @@ class TripletBatch:
 class TripletImages(Dataset):
     """Items: dict(reference=pixels, target=pixels, crops=(2, 3), tokens=LongTensor, index=int).
 
-    The crops and flips are drawn here, from torch's generator (EpochTriplets seeds it per item), in
-    the order torchvision's per-image train_transform draws them; the batch applies them."""
+    The crops and flips are drawn here, in the order torchvision's per-image train_transform draws them,
+    from the generator given to item() (by default one seeded with i; EpochTriplets seeds one per epoch
+    and item); the batch applies them."""
 
     def __init__(self, fmt: DatasetFormat, triplets: list[Triplet], vocab: Vocabulary, source: PixelSource,
                  crop: int):
@@ -67,8 +68,11 @@ class TripletImages(Dataset):
         return len(self.triplets)
 
     def __getitem__(self, i: int) -> dict:
+        return self.item(i, torch.Generator().manual_seed(i))
+
+    def item(self, i: int, generator: torch.Generator) -> dict:
         reference, target = (torch.from_numpy(self.source(p)) for p in self.paths[i])
-        crops = [draw_train_crop(self.source.size, self.crop) for _ in range(2)]  # reference's, then target's
+        crops = [draw_train_crop(self.source.size, self.crop, generator) for _ in range(2)]  # reference, target
         return dict(reference=reference, target=target, crops=torch.tensor(crops, dtype=torch.long),
                     tokens=torch.tensor(self.tokens[i], dtype=torch.long), index=i)
 

@@ -26,6 +26,7 @@ from utils.distributed import DistInfo
 from utils.errors import UserError
 from utils.io import atomic_write, atomic_write_json
 from utils.logs import log
+from utils.precision import ieee_float32
 
 TOPK = 50
 ALWAYS_REPORTED = (1, 5, 10, 50)  # recall cut-offs in metrics.json for every dataset, besides the published ones
@@ -216,6 +217,7 @@ def ranking_rows(s: EvalSplit, result: RankResult, subsets: SubsetRanks | None, 
 
 
 @torch.inference_mode()
+@ieee_float32()  # no TF32: the figures do not move with the card or with the training's --tf32
 def evaluate(model, fmt: DatasetFormat, vocab, cfg, split: str, device, dist_info: DistInfo | None = None,
              amp_dtype=None, keep_rankings: bool = True, progress: bool = True,
              source: PixelSource | None = None) -> EvalResult:

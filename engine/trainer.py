@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from models import build_model, map_tensors
 from utils.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_with_grad
 from utils.errors import UserError
 from utils.logs import StepLog, log
-from utils.precision import amp_dtype, autocast, pick_device
+from utils.precision import amp_dtype, autocast, pick_device, set_precision
 
 # Called after each validation on the main process with (writer, tag, step, trainer): how the
 # tools add a figure to TensorBoard without the engine depending on them.
@@ -38,6 +38,7 @@ ValidationHook = Callable[[object, str, int, "Trainer"], None]
 
 
 UNKNOWN_WORDS_WARNING = 0.05  # share of caption words outside the vocabulary above which training warns
+TIMINGS = ("step_ms", "load_wait_ms")  # train_log.jsonl columns that are timings, not loss parts
 
 
 class NonFiniteLoss(RuntimeError):
@@ -79,9 +80,8 @@ class EpochTriplets(Dataset):
     def __getitem__(self, key):
         epoch, index = key
         items = self._items_for(epoch)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.item_seed(epoch, index))
-            return items[index % len(items)]
+        # a generator of its own: torch.manual_seed would also reseed every accelerator, at a cost per item
+        return items.item(index % len(items), torch.Generator().manual_seed(self.item_seed(epoch, index)))
 
 
 @dataclass
@@ -99,6 +99,8 @@ class PendingStep:
     epoch: int
     parts: dict[str, torch.Tensor]
     lr: float
+    load_wait_ms: float = 0.0  # time the loop waited for this batch: an upper bound on the GPU's idle time
+    step_ms: float = 0.0       # wall time per step over the log interval, everything included
 
 
 def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: str) -> None:
@@ -117,7 +119,7 @@ def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: s
 
 def loss_values(row: dict) -> dict[str, float]:
     """A log row's loss parts, with the loss itself named "total" first, as the error message shows them."""
-    parts = {k: v for k, v in row.items() if k not in ("step", "epoch", "loss", "lr", "skipped")}
+    parts = {k: v for k, v in row.items() if k not in ("step", "epoch", "loss", "lr", "skipped") + TIMINGS}
     return {"total": row["loss"], **parts}
 
 
@@ -128,8 +130,7 @@ class Trainer:
         self.validation_hook = validation_hook
         self.device = pick_device(cfg.device, dist_info.local_rank)
         self.amp_dtype = amp_dtype(cfg.amp, self.device)
-        if self.device.type == "cuda":  # fixed input sizes: let cuDNN pick the fastest kernels once
-            torch.backends.cudnn.benchmark = True
+        self.precision = set_precision(self.device, cfg.tf32, cfg.cudnn_benchmark)
         torch.manual_seed(cfg.seed)
         self.fmt = open_dataset(cfg)
         self.vocab = load_vocabulary(cfg)
@@ -177,7 +178,9 @@ class Trainer:
         trainable, total = self.model.parameter_counts()
         log.info(f"stage {stage.number}: model {cfg.model}/{cfg.backbone}, grains {cfg.grains}; "
                  f"{trainable:,} trainable of {total:,} parameters; device {self.device}"
-                 f"{', amp ' + str(self.amp_dtype).split('.')[-1] if self.amp_dtype else ''}")
+                 f"{', amp ' + str(self.amp_dtype).split('.')[-1] if self.amp_dtype else ''}"
+                 + (f"; {', '.join(f'{k} {v}' for k, v in self.precision.items())}" if self.device.type == "cuda"
+                    else ""))
         # Every parameter, frozen ones too (AdamW skips those without a gradient), as the ARTEMIS
         # release does: stage 2 can then continue with stage 1's optimizer state.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -281,12 +284,13 @@ class Trainer:
             # (one collective per flush; every rank flushes at the same steps)
             keys = list(pending[0].parts)
             means = all_reduce_mean(torch.stack([torch.stack([p.parts[k].float() for k in keys]) for p in pending]))
-            pending = [PendingStep(p.step, p.epoch, dict(zip(keys, m)), p.lr) for p, m in zip(pending, means)]
+            pending = [replace(p, parts=dict(zip(keys, m))) for p, m in zip(pending, means)]
         rows = []
         for p in pending:
             values = {k: float(v) for k, v in p.parts.items()}
             finite = all(math.isfinite(v) for v in values.values())
             rows.append({"step": p.step, "epoch": p.epoch + 1, "loss": values.pop("total"), **values, "lr": p.lr,
+                         "step_ms": round(p.step_ms, 2), "load_wait_ms": round(p.load_wait_ms, 2),
                          **({"skipped": True} if not finite and self.cfg.skip_nonfinite else {})})
         return rows
 
@@ -345,7 +349,9 @@ class Trainer:
                    desc=f"stage {self.stage.number} epoch {self.epoch + 1}/{self.stage.epochs}")
         pending: list[PendingStep] = []
         t0, seen = time.perf_counter(), 0
+        step_end = last_flush = time.perf_counter()
         for batch in bar:
+            step_start = time.perf_counter()
             out = self.train_step(batch)
             self.optimize(out)
             self.step += 1
@@ -353,13 +359,15 @@ class Trainer:
             seen += batch.reference.shape[0] * self.dist.world_size
             parts = {"total": out.total.detach(), **{k: v.detach() for k, v in out.parts.items()},
                      "temperature": self.model.log_temperature.detach().exp()}
-            pending.append(PendingStep(self.step, self.epoch, parts, self.optimizer.param_groups[0]["lr"]))
+            pending.append(PendingStep(self.step, self.epoch, parts, self.optimizer.param_groups[0]["lr"],
+                                       load_wait_ms=1e3 * (step_start - step_end)))
             at_save = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
             at_log = self.step % cfg.log_every == 0 or at_save
             stop = self.stop_signal is not None
             if self.dist.enabled:  # ranks agree at log steps, so that all stop after the same step
                 stop = bool(at_log) and any_rank(stop, self.device)
             if at_log or stop:
+                last_flush = self.time_steps(pending, last_flush)
                 row = self.flush(pending, step_log)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", trip_s=f"{seen / (time.perf_counter() - t0):.1f}")
             if at_save or stop:
@@ -368,8 +376,20 @@ class Trainer:
                 raise Interrupted(self.stop_signal)
             if self.at_max_steps():
                 break
+            step_end = time.perf_counter()
         bar.close()
+        self.time_steps(pending, last_flush)
         self.flush(pending, step_log)
+
+    def time_steps(self, pending: list[PendingStep], since: float) -> float:
+        """Give the pending steps their share of the wall time since the last log, once the device has
+        finished them; returns now. (A step alone has no wall time of its own: the device runs behind.)"""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the log reads the losses back anyway: no extra wait
+        now = time.perf_counter()
+        for p in pending:
+            p.step_ms = 1e3 * (now - since) / len(pending)
+        return now
 
     def validate(self) -> EvalResult:
         # in float32, as evaluate.py: the selection score does not move with the training precision

@@ -202,3 +202,27 @@ def test_cache_settings(photo_root, tmp_path):
     upright = PixelSource(explicit.size, explicit.rows, upright=True)
     path = next(iter(explicit.rows))
     assert np.array_equal(upright(path), prepared_pixels(path, explicit.size, upright=True))
+
+
+def test_precision_settings_are_set_in_one_place_and_evaluation_runs_in_ieee_float32():
+    from utils.precision import ieee_float32, set_precision
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision, torch.backends.cudnn.benchmark
+    try:
+        assert set_precision(torch.device("cpu"), tf32=True, cudnn_benchmark=True) == \
+            {"float32 matmul/conv": "tf32", "cudnn_benchmark": False}  # cuDNN autotuning is for CUDA only
+        assert matmul.fp32_precision == conv.fp32_precision == "tf32"
+        with ieee_float32():
+            assert matmul.fp32_precision == conv.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"  # restored
+        set_precision(torch.device("cpu"), tf32=False, cudnn_benchmark=True)
+        assert matmul.fp32_precision == conv.fp32_precision == "ieee"
+    finally:
+        matmul.fp32_precision, conv.fp32_precision, torch.backends.cudnn.benchmark = saved
+
+
+def test_bench_train_uses_the_training_precision_settings():
+    from tests.helpers import run_cli
+    proc = run_cli("benchmarks/bench_train.py", "--crop", "32", "--batch", "4", "--steps", "1", "--warmup", "0",
+                   "--device", "cpu", "--no-tf32")
+    assert "float32 matmul/conv ieee" in proc.stdout and "RESULT train_overhead" in proc.stdout

@@ -25,7 +25,9 @@ def trained(request, tiny_root, tmp_path_factory):
 
 def test_two_stage_run_writes_every_file(trained):
     dataset, run_dir, _ = trained
-    assert json.loads((run_dir / "config.json").read_text())["dataset"] == dataset
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["dataset"] == dataset
+    assert config["tf32"] is True and config["cudnn_benchmark"] is True  # the precision settings, recorded
     assert (run_dir / "vocab.json").is_file() and (run_dir / "train.log").is_file()
     assert any((run_dir / "tensorboard").iterdir())
     for stage in ("stage1", "stage2"):
@@ -35,6 +37,8 @@ def test_two_stage_run_writes_every_file(trained):
         assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) == 3
         for key in ("epoch", "loss", "lr", "temperature", "sim"):
             assert key in rows[0], key
+        # timings: the wait for the loader is part of the step's wall time
+        assert all(0 <= r["load_wait_ms"] <= r["step_ms"] * 2 and r["step_ms"] > 0 for r in rows)
         state = torch.load(run_dir / stage / "last.pt", weights_only=True)
         for key in ("model", "optimizer", "scheduler", "epoch", "step", "best_score", "rng", "config", "vocab"):
             assert key in state, key
