@@ -9,10 +9,12 @@ loader train.py uses (EpochTriplets keys, ResumableSampler, collate; pinned memo
                     torchvision RandomCrop/RandomHorizontalFlip/ToTensor/Normalize; float batches
   jpeg              the path now without a cache: decode, pad, resize in the worker (uint8);
                     crop, flip and normalisation once per batch (TripletBatch.images)
+  jpeg_draft        the same with --jpeg_draft: JPEGs decoded at a reduced scale where the resize
+                    needs no more (pixels off by under 1 of 255 levels on average; an option)
   cache             the prepared cache: a row of the memory-mapped array in the worker; the same
                     batch-level crop, flip and normalisation
 
-All three give the same tensors (tests/test_cache.py). Each batch is moved to --device and made
+All but jpeg_draft give the same tensors (tests/test_cache.py). Each batch is moved to --device and made
 into model inputs there, as train.py does (the batch-level step on the GPU when there is one; on
 this process's CPU thread otherwise), and timed with the batch. With --workers 0 (the default) the
 loading runs in this process on one thread: triplets/s per CPU core. A fourth line, "cache, loader
@@ -121,6 +123,8 @@ def main() -> None:
         triplets = fmt.train_triplets(0)
         vocab = Vocabulary.build(fmt.train_captions())
         files = EpochTriplets(fmt, vocab, PixelSource(resize_size(args.crop)), args.crop, 0, triplets, set())
+        drafts = EpochTriplets(fmt, vocab, PixelSource(resize_size(args.crop), draft=True), args.crop, 0, triplets,
+                               set())
         cached = EpochTriplets(fmt, vocab, open_pixel_source(cfg), args.crop, 0, triplets, set())
         device = pick_device(args.device)
         pin = device.type == "cuda"
@@ -140,6 +144,7 @@ def main() -> None:
 
         contenders = {"jpeg_torchvision": (TorchvisionTriplets(files, args.crop), stack_pairs, floats_on_device),
                       "jpeg": (files, collate_triplets, made_on_device),
+                      "jpeg_draft": (drafts, collate_triplets, made_on_device),
                       "cache": (cached, collate_triplets, made_on_device),
                       "cache, loader side": (cached, collate_triplets, lambda batch: batch.reference)}
         results: dict[tuple[str, int], float] = {}
@@ -151,9 +156,9 @@ def main() -> None:
                       flush=True)
     low = min(w for _, w in results)
     base = results["jpeg_torchvision", low]
-    print(f"at {low} workers{' (per core)' if low == 0 else ''}, batches made on {device}: jpeg "
-          f"{results['jpeg', low] / base:.2f}x, cache {results['cache', low] / base:.1f}x the jpeg_torchvision "
-          f"path; the cache's loader side alone {results['cache, loader side', low] / base:.1f}x")
+    ratios = ", ".join(f"{name} {results[name, low] / base:.2f}x" for name in list(contenders)[1:])
+    print(f"at {low} workers{' (per core)' if low == 0 else ''}, batches made on {device}, over jpeg_torchvision: "
+          f"{ratios}")
     print(f"RESULT data_cache {results['cache', low] / base:.1f}x")
 
 

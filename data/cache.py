@@ -90,8 +90,9 @@ class PixelSource:
 
     Pickled into DataLoader workers: each process opens the memory-mapped arrays itself, on first use."""
 
-    def __init__(self, size: int, rows: dict[str, CacheRow] | None = None, upright: bool = False):
-        self.size, self.rows, self.upright = size, rows or {}, upright
+    def __init__(self, size: int, rows: dict[str, CacheRow] | None = None, upright: bool = False,
+                 draft: bool = False):
+        self.size, self.rows, self.upright, self.draft = size, rows or {}, upright, draft
         self._arrays: dict[str, np.ndarray] = {}
 
     def __getstate__(self):
@@ -103,7 +104,7 @@ class PixelSource:
     def __call__(self, path: str | Path) -> np.ndarray:
         hit = None if self.upright else self.rows.get(os.path.abspath(path))
         if hit is None:  # user images (upright) are always read from the file: the cache ignores EXIF, as datasets do
-            return prepared_pixels(path, self.size, self.upright)
+            return prepared_pixels(path, self.size, self.upright, self.draft)
         array = self._arrays.get(hit.array)
         if array is None:
             array = self._arrays[hit.array] = np.load(hit.array, mmap_mode="r")
@@ -114,12 +115,14 @@ def default_cache_folder(data_root: str | Path) -> Path:
     return Path(data_root).expanduser() / "cache"
 
 
-def open_pixel_source(cfg, log=print) -> PixelSource:
+def open_pixel_source(cfg, log=print, training: bool = False) -> PixelSource:
     """The pixel source for a run: --image_cache auto (the data root's cache/ folder, when it holds this
-    dataset at this crop's size), none (image files only) or a folder."""
+    dataset at this crop's size), none (image files only) or a folder. --jpeg_draft applies to `training`
+    sources only: evaluation reads exact pixels."""
     size = resize_size(cfg.crop_size)
+    draft = training and cfg.jpeg_draft
     if cfg.image_cache == "none":
-        return PixelSource(size)
+        return PixelSource(size, draft=draft)
     data_root = Path(cfg.data_root).expanduser()
     folder = default_cache_folder(data_root) if cfg.image_cache == "auto" else Path(cfg.image_cache).expanduser()
     if cfg.image_cache != "auto" and not folder.is_dir():
@@ -131,9 +134,9 @@ def open_pixel_source(cfg, log=print) -> PixelSource:
             log(f"image cache {folder} has no {cfg.dataset} images at {size} px (--crop_size {cfg.crop_size}"
                 f"{'; it holds ' + ', '.join(other) if other else ''}); reading the image files. "
                 f"`python -m data.prepare --dataset {cfg.dataset} --size {size}` writes one")
-        return PixelSource(size)
+        return PixelSource(size, draft=draft)
     rows, stale = current_rows(folder, cfg.dataset, size, data_root)
     log(f"using the prepared image cache {folder} ({len(rows)} {cfg.dataset} images at {size} px"
         f"{f'; {stale} changed since and read from their files' if stale else ''}; --image_cache none reads "
         f"the image files)")
-    return PixelSource(size, rows)
+    return PixelSource(size, rows, draft=draft)

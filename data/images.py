@@ -1,6 +1,7 @@
 """Image loading and transforms (MANME.md §5, training recipe): pad to a white square, resize, crop, normalise."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,13 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def load_image(path: str | Path, upright: bool = False) -> Image.Image:
+def load_image(path: str | Path, upright: bool = False, draft: int | None = None) -> Image.Image:
     """The image as an RGB square; a missing, empty or corrupt file raises naming it.
 
     `upright` applies the EXIF orientation tag (a phone photo taken sideways): for a user's own
-    images. Dataset images are read as the published pipelines read them, tag ignored."""
+    images. Dataset images are read as the published pipelines read them, tag ignored.
+    `draft` (--jpeg_draft): a JPEG is decoded at the smallest of 1/2, 1/4, 1/8 scale whose square is
+    still at least `draft` px, which the resize to that size then needs; other formats as ever."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
@@ -55,6 +58,10 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
                          f"(`python -m data.check` lists every such file)")
     try:
         with Image.open(path) as image:
+            if draft and image.format == "JPEG":
+                width, height = image.size
+                side = max(width, height)
+                image.draft("RGB", (math.ceil(width * draft / side), math.ceil(height * draft / side)))
             image.load()
             rgb = to_rgb(ImageOps.exif_transpose(image) if upright else image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -74,9 +81,10 @@ def resize_square(image: Image.Image, size: int) -> np.ndarray:
     return np.array(transforms.functional.resize(image, [size, size]), dtype=np.uint8)
 
 
-def prepared_pixels(path: str | Path, size: int, upright: bool = False) -> np.ndarray:
-    """The deterministic part of the transform from the file: load_image (RGB, white square), then resize."""
-    return resize_square(load_image(path, upright), size)
+def prepared_pixels(path: str | Path, size: int, upright: bool = False, draft: bool = False) -> np.ndarray:
+    """The deterministic part of the transform from the file: load_image (RGB, white square), then resize.
+    `draft` decodes JPEGs at a reduced scale first (faster; pixels differ slightly, see load_image)."""
+    return resize_square(load_image(path, upright, size if draft else None), size)
 
 
 # The per-image torchvision form of the transform. Training and evaluation run the same steps on

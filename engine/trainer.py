@@ -156,7 +156,9 @@ class Trainer:
         if len(usable) < global_batch:
             raise UserError(f"--batch_size {cfg.batch_size} (x{dist_info.world_size} processes) is larger than the "
                              f"{len(usable)} usable training triplets; lower --batch_size")
-        source = open_pixel_source(cfg, log=log.info if dist_info.is_main else lambda _: None)
+        say = log.info if dist_info.is_main else lambda _: None
+        source = open_pixel_source(cfg, log=say, training=True)
+        self.eval_source = open_pixel_source(cfg, log=lambda _: None)  # validation: exact pixels, no --jpeg_draft
         self.train_set = EpochTriplets(self.fmt, self.vocab, source, cfg.crop_size, cfg.seed, usable, missing)
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                         dist_info.rank, dist_info.world_size)
@@ -394,7 +396,7 @@ class Trainer:
     def validate(self) -> EvalResult:
         # in float32, as evaluate.py: the selection score does not move with the training precision
         result = evaluate(self.model, self.fmt, self.vocab, self.cfg, "val", self.device, self.dist,
-                          amp_dtype=None, keep_rankings=False, progress=True, source=self.train_set.source)
+                          amp_dtype=None, keep_rankings=False, progress=True, source=self.eval_source)
         if self.dist.is_main:
             number = self.stage.number
             log.info(f"stage {number} epoch {self.epoch} validation:\n{result.table()}")
