@@ -22,7 +22,7 @@ side", times the cache's batches without the batch-level step: what the CPU does
 a GPU takes that step. The last line is `RESULT data_cache <cache / jpeg_torchvision>x` on --device.
 
   .venv/bin/python benchmarks/bench_data.py                        # 500x650 photos, crop 224
-  .venv/bin/python benchmarks/bench_data.py --workers 0,8,16 --batches 40   # on a many-core host
+  .venv/bin/python benchmarks/bench_data.py --workers 0,8,16 --batches 100 --triplets 1500   # many cores
 
 --photo: real FashionIQ and Shoes files are JPEG product photos of a few hundred pixels a side, of
 varied aspect ratios; 500x650 is our stand-in (no real images were at hand to measure), pass the
@@ -98,8 +98,10 @@ def main() -> None:
                    help="size of the JPEG photos written (default 500x650)")
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--batches", type=int, default=20,
-                   help="timed batches per contender (the default data holds 37 batches of 32)")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per contender")
+    p.add_argument("--triplets", type=int, default=400,
+                   help="training annotations per category written (3 categories: 1200 triplets, 37 batches of 32; "
+                        "raise it with --batches)")
     p.add_argument("--workers", default="0", help="comma-separated DataLoader worker counts (0: per core)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the batches go and the batch-level step runs (auto: cuda when available)")
@@ -112,7 +114,7 @@ def main() -> None:
         root = args.data_root or tmp
         if not args.data_root:
             t0 = time.perf_counter()
-            generate(tmp, "fashioniq", seed=0, photo=args.photo, n_images=60, n_triplets=400)
+            generate(tmp, "fashioniq", seed=0, photo=args.photo, n_images=60, n_triplets=args.triplets)
             print(f"wrote synthetic FashionIQ, {args.photo[0]}x{args.photo[1]} JPEGs, in "
                   f"{time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()

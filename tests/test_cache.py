@@ -255,3 +255,18 @@ def test_training_with_jpeg_draft_and_exact_evaluation(photo_root, tmp_path):
                      "2", "--jpeg_draft", "--image_cache", "none", *TINY_TRAIN)
     assert json.loads((tmp_path / "runs" / "draft" / "config.json").read_text())["jpeg_draft"] is True
     assert len(read_jsonl(tmp_path / "runs" / "draft" / "stage1" / "train_log.jsonl")) == 2  # a row per step
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)")
+def test_batch_step_on_the_gpu_equals_the_cpu():
+    """train.py crops, flips and normalises on the GPU: the same float32 values as on the CPU."""
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (16, 256, 256, 3), dtype=torch.uint8, generator=generator)
+    crops = torch.stack([torch.randint(0, 33, (16,), generator=generator),
+                         torch.randint(0, 33, (16,), generator=generator),
+                         torch.randint(0, 2, (16,), generator=generator)], dim=1)
+    from data.augment import crop_flip_normalize
+    on_cpu = crop_flip_normalize(pixels, crops, 224)
+    on_gpu = crop_flip_normalize(pixels.cuda(), crops.cuda(), 224)
+    assert torch.equal(on_gpu.cpu(), on_cpu)
+    assert torch.equal(center_crop_normalize(pixels.cuda(), 224).cpu(), center_crop_normalize(pixels, 224))
