@@ -30,6 +30,7 @@ from data.formats import open_dataset
 from data.images import prepared_pixels, resize_size
 from utils.errors import UserError, command_status
 from utils.io import atomic_write_text
+from utils.runlock import RunLock
 
 CHUNK = 64  # images a worker writes between two updates of the done flags
 
@@ -60,12 +61,19 @@ def prepare(argv: list[str] | None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     fmt = open_dataset(cfg)
     data_root = Path(cfg.data_root).expanduser()
+    lock = RunLock(out / f"{fmt.name}-{size}", "pass another --out")  # two writers would mix their rows
+    note = lock.acquire()
+    if note:
+        print(note)
     print(f"{fmt.name} at {fmt.root} -> {out}, {size} x {size} px, {args.workers} worker(s)")
     problems = {}
-    for split, ids in fmt.split_images().items():
-        files = [os.path.abspath(fmt.image_path(i)) for i in ids]
-        problems.update(prepare_split(out / cache_stem(fmt.name, split, size), ids, files, data_root, size,
-                                      args.workers, split))
+    try:
+        for split, ids in fmt.split_images().items():
+            files = [os.path.abspath(fmt.image_path(i)) for i in ids]
+            problems.update(prepare_split(out / cache_stem(fmt.name, split, size), ids, files, data_root, size,
+                                          args.workers, split))
+    finally:
+        lock.release()
     if problems:
         print(f"{len(problems)} image(s) missing or unreadable, not cached (runs read them from their files, "
               f"and fail on them as without a cache):")

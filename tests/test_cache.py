@@ -270,3 +270,18 @@ def test_batch_step_on_the_gpu_equals_the_cpu():
     on_gpu = crop_flip_normalize(pixels.cuda(), crops.cuda(), 224)
     assert torch.equal(on_gpu.cpu(), on_cpu)
     assert torch.equal(center_crop_normalize(pixels.cuda(), 224).cpu(), center_crop_normalize(pixels, 224))
+
+
+def test_two_prepares_of_one_cache_do_not_mix_their_rows(photo_root, tmp_path, capsys):
+    from utils.runlock import RunLock
+    root = tmp_path / "data"
+    shutil.copytree(photo_root, root, copy_function=shutil.copy2)
+    held = RunLock(root / "cache" / f"shoes-{resize_size(CROP)}", "pass another --out")
+    held.acquire()  # another process is writing this cache
+    try:
+        assert prepare.main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP)]) == 2
+        assert "is in use by" in capsys.readouterr().err and not list((root / "cache").glob("*.npy"))
+    finally:
+        held.release()
+    assert prepare.main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP),
+                         "--workers", "0"]) == 0

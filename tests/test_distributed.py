@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.trainer import TIMINGS
 from tests.helpers import ROOT, read_jsonl
 
 pytestmark = [
@@ -95,7 +96,8 @@ def test_two_processes_train_like_one_with_the_global_batch(runs):
     a, b = rows(runs["a"]), rows(runs["b"])
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1]
     for key, value in b[0].items():
-        assert abs(a[0][key] - value) < 1e-5, (key, a[0][key], value)
+        if key not in TIMINGS:  # wall-clock times differ from run to run
+            assert abs(a[0][key] - value) < 1e-5, (key, a[0][key], value)
     ckpt_a = torch.load(runs["a"] / "stage1" / "last.pt", weights_only=True)
     ckpt_b = torch.load(runs["b"] / "stage1" / "last.pt", weights_only=True)
     # the checkpoint of a DDP run is the plain model's: same keys and shapes as a single process's

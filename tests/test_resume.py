@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.trainer import TIMINGS
 from tests.helpers import ONE_THREAD_ENV, ROOT, TINY
 from tests.helpers import read_jsonl as rows
 from tests.helpers import train_in_process as train_here
@@ -109,7 +110,8 @@ def test_killed_and_resumed_run_logs_the_same_losses(runs):
     for ra, rb in zip(a, b):
         assert ra.keys() == rb.keys()
         for key, value in ra.items():
-            assert abs(value - rb[key]) <= 1e-6, (ra["step"], key, value, rb[key])
+            if key not in TIMINGS:  # wall-clock times differ from run to run
+                assert abs(value - rb[key]) <= 1e-6, (ra["step"], key, value, rb[key])
     # the weights, optimizer and best score at the end agree too
     sa = torch.load(out / "A" / "stage1" / "last.pt", weights_only=True)
     sb = torch.load(out / "B" / "stage1" / "last.pt", weights_only=True)

@@ -17,9 +17,11 @@ from utils.errors import UserError
 
 
 class RunLock:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, other: str = "choose another --exp_name"):
+        """A lock on `run_dir` (a run folder, or anything one process at a time may write); `other` is the
+        way out a second process is told besides waiting."""
         self.path = run_dir.parent / f".{run_dir.name}.lock"
-        self.handle = None
+        self.other, self.handle = other, None
 
     def acquire(self) -> str | None:
         """Take the lock or raise UserError naming the holder; returns a note when a dead holder's record
@@ -33,7 +35,7 @@ class RunLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise UserError(f"{self.path.parent / self.path.name[1:-5]} is in use by {holder}; wait for it to "
-                            f"finish, or choose another --exp_name") from None
+                            f"finish, or {self.other}") from None
         handle.seek(0)
         previous = handle.read().strip()
         handle.seek(0)
