@@ -29,12 +29,15 @@ class TripletBatch:
     target: torch.Tensor  # (B, S, S, 3) uint8
     crops: torch.Tensor  # (B, 2, 3) long: (top, left, flip) of the reference and of the target
     tokens: torch.Tensor  # (B, Lmax), 0-padded
-    lengths: torch.Tensor  # (B,); pack_padded_sequence wants them on the CPU: pass lengths.cpu()
+    lengths: torch.Tensor  # (B,); pack_padded_sequence wants them on the CPU
     index: torch.Tensor  # (B,) positions in the TripletImages dataset
 
+    HOST_FIELDS = ("crops", "lengths")  # read as numbers on the host: on a GPU, reading them back would wait for it
+
     def to(self, device, non_blocking: bool = False) -> TripletBatch:
+        """The batch on `device`, but for HOST_FIELDS, which stay where they are."""
         return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                                for f in fields(self)})
+                                for f in fields(self) if f.name not in self.HOST_FIELDS})
 
     def pin_memory(self) -> TripletBatch:  # called by DataLoader(pin_memory=True)
         return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})

@@ -100,6 +100,9 @@ def test_triplet_loader_end_to_end(tmp_path):
     assert batch.index.tolist() == [0, 1, 2, 3]
     moved = batch.to("cpu", non_blocking=True)
     assert isinstance(moved, TripletBatch) and moved.tokens.dtype == torch.long
+    on_device = batch.to("meta")  # stands in for a GPU: the pixels move, what the host reads stays
+    assert on_device.reference.is_meta and on_device.tokens.is_meta
+    assert on_device.crops.device.type == on_device.lengths.device.type == "cpu"
     if torch.cuda.is_available():
         assert batch.pin_memory().reference.is_pinned()
 
