@@ -71,15 +71,19 @@ def current_rows(folder: Path, dataset: str, size: int, data_root: Path) -> tupl
     for index_path in cache_indexes(folder, dataset, size):
         index = read_index(index_path)
         array, done_path = index_path.with_suffix(".npy"), index_path.with_suffix(".done.npy")
-        if not (array.is_file() and done_path.is_file()):
+        try:
+            done = np.load(done_path)
+        except (OSError, ValueError):  # absent or cut short: this split's images come from their files
             continue
-        done = np.load(done_path)
+        if not array.is_file() or len(done) != len(index["images"]):
+            continue
+        name = str(array)  # one string for every row: the rows travel to each DataLoader worker
         for row, (_, relative, n_bytes, mtime_ns) in enumerate(index["images"]):
             if not done[row]:
                 continue
             path = os.path.abspath(data_root / relative)
             if file_stamp(path) == (n_bytes, mtime_ns):
-                rows.setdefault(path, CacheRow(str(array), row))
+                rows.setdefault(path, CacheRow(name, row))
             else:
                 stale += 1
     return rows, stale

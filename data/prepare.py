@@ -92,11 +92,15 @@ def prepare_split(stem: Path, ids: list[str], files: list[str], data_root: Path,
     stamps = [file_stamp(f) for f in files]
     rows = [[i, os.path.relpath(f, data_root), *(s or (-1, -1))] for i, f, s in zip(ids, files, stamps)]
     done = reusable_rows(array_path, index_path, done_path, rows, size)
-    if done is None:  # a new cache: a sparse file, filled as the rows are written
+    # The order makes a kill at any point safe: no row is ever served whose flag, stamp and pixels disagree.
+    if done is None:  # a new cache: the old flags go first, then a sparse file, filled as the rows are written
+        done_path.unlink(missing_ok=True)
         np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3)).flush()
         done = np.zeros(len(ids), dtype=bool)
+    partial = done_path.with_name(done_path.name + ".partial.npy")
+    np.save(partial, done)
+    os.replace(partial, done_path)  # the flags of changed files are cleared before their new stamps are written
     write_index(index_path, stem, rows, size, complete=False)
-    np.save(done_path, done)
     todo = [r for r in range(len(ids)) if not done[r] and stamps[r] is not None]
     problems = {files[r]: "missing" for r in range(len(ids)) if stamps[r] is None}
     if todo:
