@@ -120,6 +120,12 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
     return ImageEmbeddings(features, kept, errors)
 
 
+def model_inputs(source: PixelSource, paths: list[str | Path], crop_size: int, device) -> torch.Tensor:
+    """(len(paths), 3, crop, crop) evaluation inputs of a few image files, made as embed_images makes them."""
+    pixels = torch.stack([torch.from_numpy(source(p)) for p in paths]).to(device)
+    return center_crop_normalize(pixels, crop_size)
+
+
 @torch.inference_mode()
 def embed_texts(model, vocab: Vocabulary, texts: list[str], device, batch_size: int = 512) -> torch.Tensor:
     """(len(texts), d) float32 text embeddings; texts are tokenised as the training captions are."""

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_image
+from data.cache import open_pixel_source
+from data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from engine.evaluation import embed_split_images, eval_splits, has_targets, rank_split
-from engine.inference import embed_texts
+from engine.inference import embed_texts, model_inputs
 from models import map_tensors
 from models.image_encoder import gem
 from utils.errors import UserError
@@ -302,11 +303,11 @@ def attention_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 
                         f"none; use --split val")
     was_training = model.training
     model.eval()
-    transform = eval_transform(cfg.crop_size)
+    source = open_pixel_source(cfg, log=lambda _: None)
     rows = []
     for q in pick(s.queries, n):
-        reference = transform(load_image(fmt.image_path(q.reference)))[None].to(device)
-        target = transform(load_image(fmt.image_path(q.targets[0])))[None].to(device)
+        reference, target = model_inputs(source, [fmt.image_path(q.reference), fmt.image_path(q.targets[0])],
+                                         cfg.crop_size, device).split(1)
         text = embed_texts(model, vocab, [q.text], device).clone()
         found = attention_maps(model, reference, target, text)
         rows.append(AttentionRow(**vars(found), reference=tensor_to_image(reference[0]),
