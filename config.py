@@ -280,12 +280,24 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in fields(Config)}}
 
 
+# Model settings added after runs had been saved, with the value a saved config (a checkpoint's, a run's
+# config.json) that lacks the key was trained with, which today's default need not be.
+SAVED_WITHOUT: dict[str, Any] = {"fpn_relu": False}
+
+
+def saved_setting(saved: dict[str, Any], key: str) -> Any:
+    """A saved config's value of `key`: its own, else what configs saved before the key existed meant."""
+    return saved.get(key, SAVED_WITHOUT.get(key, getattr(Config, key)))
+
+
 def resolve(explicit: dict[str, Any], base: dict[str, Any] | None = None, source: str = "the configuration") -> Config:
     """Field defaults < dataset preset < model preset < `base` (e.g. a checkpoint's config) < explicit flags.
     `source` names `base` in errors (a config.json, a checkpoint)."""
     if base is not None and not isinstance(base, dict):  # a hand-edited config.json holding a list, a number, ...
         raise UserError(f"{source}: expected a JSON object of settings, got {type(base).__name__}")
     values: dict[str, Any] = {}
+    if base is not None:
+        base = {**SAVED_WITHOUT, **base}
     merged = {**(base or {}), **explicit}
     dataset = merged.get("dataset", Config.dataset)
     if base is None:

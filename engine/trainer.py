@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from config import Config
+from config import Config, saved_setting
 from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
 from data.loaders import TripletImages, collate_triplets, drop_missing, ignore_stop_signals
@@ -107,10 +107,11 @@ def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: s
     """Refuse a checkpoint that cannot mean the same thing as this run's model and data."""
     saved = checkpoint["config"]
     for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth", "fpn_relu"):
-        value = saved.get(key, getattr(Config, key))  # a setting added later has its default in older checkpoints
+        value = saved_setting(saved, key)  # a setting added later: what older checkpoints were trained with
         if value != getattr(cfg, key):
+            flag = (f"--{key}" if value else f"--no-{key}") if isinstance(value, bool) else f"--{key} {value}"
             raise CheckpointError(f"{source}: checkpoint has --{key} {value!r} but this run uses "
-                                  f"{getattr(cfg, key)!r}; pass --{key} {value} or another checkpoint")
+                                  f"{getattr(cfg, key)!r}; pass {flag} or another checkpoint")
     if list(checkpoint["vocab"]["tokens"]) != list(vocab.tokens):
         raise CheckpointError(f"{source}: checkpoint vocabulary ({len(checkpoint['vocab']['tokens'])} tokens) does not "
                               f"match {vocabulary_path(cfg)} ({len(vocab.tokens)} tokens); use the "

@@ -125,3 +125,19 @@ def test_metrics_carry_r1_r5_and_ties_and_evaluation_is_float32_unless_asked(two
     proc = run_cli("evaluate.py", "--ckpt", ckpt, "--data_root", tiny_root, "--output_dir", tmp_path / "b",
                    "--device", "cpu", "--num_workers", "0", "--amp", "bf16")
     assert "note: --amp bf16" in proc.stdout
+
+
+def test_a_saved_config_without_a_later_setting_means_what_it_was_trained_with(monkeypatch):
+    """A checkpoint or config.json written before a model setting existed is read with the value it was
+    trained with (config.SAVED_WITHOUT), not with today's default, by resolve and by check_compatible."""
+    import config
+    from engine.trainer import check_compatible
+    saved = resolve({}).to_dict()
+    del saved["fpn_relu"]
+    monkeypatch.setattr(config, "SAVED_WITHOUT", {"fpn_relu": not config.Config.fpn_relu})
+    assert resolve({}, base=saved).fpn_relu is (not config.Config.fpn_relu)
+    assert resolve({"fpn_relu": config.Config.fpn_relu}, base=saved).fpn_relu is config.Config.fpn_relu  # a flag wins
+    assert config.saved_setting(saved, "fpn_relu") is (not config.Config.fpn_relu)
+    from engine.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="checkpoint has --fpn_relu .*; pass --(no-)?fpn_relu or"):
+        check_compatible({"config": saved, "vocab": {"tokens": []}}, resolve({}), type("V", (), {"tokens": []}), "x")
