@@ -57,9 +57,9 @@ def prepare(argv: list[str] | None) -> int:
     size = args.size or resize_size(cfg.crop_size)
     if size < 1 or args.workers < 0:
         raise UserError("--size must be positive and --workers at least 0")
+    fmt = open_dataset(cfg)  # first: a wrong --data_root is reported before anything is created
     out = Path(args.out).expanduser() if args.out else default_cache_folder(cfg.data_root)
     out.mkdir(parents=True, exist_ok=True)
-    fmt = open_dataset(cfg)
     data_root = Path(cfg.data_root).expanduser()
     lock = RunLock(out / f"{fmt.name}-{size}", "pass another --out")  # two writers would mix their rows
     note = lock.acquire()

@@ -291,3 +291,8 @@ def test_two_prepares_of_one_cache_do_not_mix_their_rows(photo_root, tmp_path, c
         held.release()
     assert prepare.main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP),
                          "--workers", "0"]) == 0
+
+
+def test_prepare_with_a_wrong_data_root_creates_nothing(tmp_path, capsys):
+    assert prepare.main(["--dataset", "fashioniq", "--data_root", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
