@@ -159,7 +159,7 @@ class Trainer:
                              f"{len(usable)} usable training triplets; lower --batch_size")
         say = log.info if dist_info.is_main else lambda _: None
         source = open_pixel_source(cfg, log=say, training=True)
-        self.eval_source = open_pixel_source(cfg, log=lambda _: None)  # validation: exact pixels, no --jpeg_draft
+        self.eval_source = PixelSource(source.size, source.rows)  # validation: the same rows, never --jpeg_draft
         self.train_set = EpochTriplets(self.fmt, self.vocab, source, cfg.crop_size, cfg.seed, usable, missing)
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                         dist_info.rank, dist_info.world_size)

@@ -223,30 +223,31 @@ def write_prepared_shoes(root: Path) -> Path:
     return ann
 
 
+def read_prepared_shoes_with(kind: str, which: str, data: bytes) -> None:
+    """The prepared Shoes layout with <kind>.<which>.json replaced by `data`, or, for which "delete-<split>",
+    with <kind>.<split>.json deleted; then read as read_shoes reads it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ann = write_prepared_shoes(Path(tmp))
+        deleted = which.startswith("delete-")
+        if deleted:
+            (ann / f"{kind}.{which.removeprefix('delete-')}.json").unlink()
+        else:
+            (ann / f"{kind}.{which}.json").write_bytes(data)
+        read_shoes(Path(tmp), deleted=deleted)
+
+
 @fuzz_settings(400)
 @given(data=file_bytes(SHOES_TRIPLETS), which=st.sampled_from(["train", "val", "delete-val"]))
 def test_shoes_prepared_triplet_file(data, which):
     COUNTS["shoes prepared triplet file"] += 1
-    with tempfile.TemporaryDirectory() as tmp:
-        ann = write_prepared_shoes(Path(tmp))
-        if which == "delete-val":
-            (ann / "triplet.val.json").unlink()
-        else:
-            (ann / f"triplet.{which}.json").write_bytes(data)
-        read_shoes(Path(tmp), deleted=which == "delete-val")
+    read_prepared_shoes_with("triplet", which, data)
 
 
 @fuzz_settings(400)
 @given(data=file_bytes(SHOES_SPLIT), which=st.sampled_from(["train", "val", "delete-train"]))
 def test_shoes_prepared_split_file(data, which):
     COUNTS["shoes prepared split file"] += 1
-    with tempfile.TemporaryDirectory() as tmp:
-        ann = write_prepared_shoes(Path(tmp))
-        if which == "delete-train":
-            (ann / "split.train.json").unlink()
-        else:
-            (ann / f"split.{which}.json").write_bytes(data)
-        read_shoes(Path(tmp), deleted=which == "delete-train")
+    read_prepared_shoes_with("split", which, data)
 
 
 # ---------------------------------------------------------------- Fashion200k

@@ -191,16 +191,17 @@ def first_split(fmt, split: str):
 
 @torch.inference_mode()
 def retrieval_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 4, k: int = 5,
-                   amp_dtype=None, progress: bool = False) -> list[RetrievalRow]:
+                   amp_dtype=None, progress: bool = False, source=None) -> list[RetrievalRow]:
     """Top-k of n queries of the split's first category, ranked exactly as evaluation ranks them
-    (the category's whole gallery, the reference excluded)."""
+    (the category's whole gallery, the reference excluded); `source` as for embed_split_images."""
     s = first_split(fmt, split)
     queries = pick(s.queries, n)
     was_training = model.training
     model.eval()
     image_ids = list(dict.fromkeys(s.gallery + [q.reference for q in queries]))
     position = {image_id: i for i, image_id in enumerate(image_ids)}
-    features = embed_split_images(model, fmt, image_ids, cfg, device, amp_dtype=amp_dtype, progress=progress)
+    features = embed_split_images(model, fmt, image_ids, cfg, device, amp_dtype=amp_dtype, progress=progress,
+                                  source=source)
     _, result = rank_split(model, vocab, s, queries, features, position, cfg, device, topk=k)
     model.train(was_training)
     return [RetrievalRow(fmt.image_path(q.reference), q.text, [fmt.image_path(s.gallery[j]) for j in top], scores,
@@ -209,11 +210,12 @@ def retrieval_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 
 
 
 def retrieval_figure(model, fmt, vocab, cfg, device, split: str = "val", n: int = 4, k: int = 5,
-                     width: int = WIDTH, title: str = "", amp_dtype=None, progress: bool = False) -> Image.Image:
+                     width: int = WIDTH, title: str = "", amp_dtype=None, progress: bool = False,
+                     source=None) -> Image.Image:
     """The retrieval grid of n queries of `split`'s first category (for visualize.py and TensorBoard).
 
     Embeds that category's gallery once (FashionIQ dress val: 3817 images)."""
-    rows = retrieval_rows(model, fmt, vocab, cfg, device, split, n, k, amp_dtype, progress)
+    rows = retrieval_rows(model, fmt, vocab, cfg, device, split, n, k, amp_dtype, progress, source)
     return draw_retrievals(rows, width, title or f"{cfg.model} · {cfg.dataset} {split} {rows[0].category}".strip())
 
 
@@ -226,7 +228,7 @@ def log_retrieval_figure(writer, tag: str, step: int, model, fmt, vocab, cfg, de
 def validation_figure(writer, tag: str, step: int, trainer) -> None:
     """engine.trainer's validation hook: the retrieval figure of the model being trained."""
     log_retrieval_figure(writer, f"{tag}/retrievals", step, trainer.model, trainer.fmt, trainer.vocab, trainer.cfg,
-                         trainer.device)
+                         trainer.device, source=trainer.eval_source)  # the cache already opened, not again
 
 
 # ----------------------------------------------------------------------------- attention maps
