@@ -47,6 +47,23 @@ def timed(fn, device, steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def profile(fn, device, rows: int) -> None:
+    """One step under torch.profiler: the costliest operations on the device (or the CPU), and the
+    kernel count, which says whether the step is bound by launches rather than arithmetic."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows))
+    if device.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy_ms = sum(e.device_time for e in kernels) / 1e3  # device_time is in microseconds
+        print(f"{len(kernels)} kernels, {busy_ms:.1f} ms of kernel time in the profiled step")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
@@ -63,6 +80,8 @@ def main() -> None:
                    help="full IEEE float32 matmuls/convs on CUDA (train.py --no-tf32); default TF32, as train.py")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile one full step and print its N costliest operations")
     args = p.parse_args()
 
     finetune = args.stage == 2
@@ -110,8 +129,17 @@ def main() -> None:
 
     if not finetune:
         backbone_step = torch.no_grad()(backbone_step)
+
+    def encoder_step():
+        # the whole image encoder (backbone, top-down pathway, GeM, projections), backward as in training
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            total = sum(x.float().mean() for x in model.image_encoder(images).values())
+        model.zero_grad(set_to_none=True)
+        total.backward()
+
     step_s = timed(full_step, device, args.steps, args.warmup)
     trunk_s = timed(backbone_step, device, args.steps, args.warmup)
+    encoder_s = timed(encoder_step, device, args.steps, args.warmup)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{name}; torch {torch.__version__}; {args.backbone} {args.crop}px, batch {args.batch}, stage {args.stage}, "
           f"amp {str(dtype).split('.')[-1] if dtype else 'off'}{', channels_last' if args.channels_last else ''}"
@@ -119,6 +147,12 @@ def main() -> None:
     print(f"full training step: {step_s * 1e3:8.1f} ms  ({args.batch / step_s:8.1f} triplets/s)")
     passes = "fwd+bwd" if finetune else "fwd"
     print(f"backbone alone    : {trunk_s * 1e3:8.1f} ms  ({2 * args.batch / trunk_s:8.1f} images/s, {passes})")
+    print(f"image encoder     : {encoder_s * 1e3:8.1f} ms  (backbone + top-down pathway + GeM + projections)")
+    pathway, rest = max(0.0, encoder_s - trunk_s) / step_s, max(0.0, step_s - encoder_s) / step_s
+    print(f"outside the backbone: {100 * pathway:.1f}% top-down pathway (the architecture's), "
+          f"{100 * rest:.1f}% text encoder, composition, loss and optimizer")
+    if args.profile:
+        profile(full_step, device, args.profile)
     print(f"RESULT train_overhead {100 * max(0.0, 1 - trunk_s / step_s):.1f}%")
 
 

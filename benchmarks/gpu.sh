@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md, in one script: run from the repository root on a machine with a CUDA GPU.
 #   bash benchmarks/gpu.sh [OUT_DIR]      (PY=python3 to use another interpreter than .venv/bin/python)
-# 1. the batch-level crop/flip/normalise on the GPU equals the CPU's, bit for bit (tests/test_cache.py)
-# 2. the training step against the backbone alone: resnet50, 224 px, bf16, stage 1 and stage 2
+# 1. the batch-level crop/flip/normalise on the GPU equals the CPU's, bit for bit (tests/test_cache.py); the text
+#    encoder gives torch's packing's values; a whole training step never synchronises with the GPU (tests/test_models.py)
+# 2. the training step against the backbone alone: resnet50, 224 px, bf16, stage 1 and stage 2; stage 1 profiled
 # 3. bench_data: JPEG paths and the prepared cache at 0, 8 and 16 workers, batches made on the GPU
 # 4. 200-step stage-1 and stage-2 runs of synthetic FashionIQ (500x650 JPEG photos) from the cache, and stage 1
 #    from the JPEGs: images/s and the loader's wait per step (benchmarks/run_speed.py)
@@ -16,10 +17,10 @@ export PYTHONUNBUFFERED=1
 step() { echo "== $*"; "$@" 2>&1 | grep -v "it/s\]\|img/s\]" | tee -a "$OUT/gpu.log"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.log"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.log"
-step $PY -m pytest -q -p no:cacheprovider tests/test_cache.py -k "gpu or bit_for_bit"
+step $PY -m pytest -q -p no:cacheprovider tests/test_cache.py tests/test_models.py -k "gpu or bit_for_bit or sorts_as"
 for stage in 1 2; do
   step $PY benchmarks/bench_train.py --backbone resnet50 --crop 224 --batch 32 --stage $stage --device cuda \
-    --amp bf16 --channels_last --steps 20
+    --amp bf16 --channels_last --steps 20 $([ $stage = 1 ] && echo --profile 25)
 done
 step $PY benchmarks/bench_train.py --backbone resnet50 --crop 224 --batch 128 --stage 2 --device cuda --amp bf16 \
   --channels_last --steps 10

@@ -45,7 +45,10 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     x.copy_(pixels.permute(0, 3, 1, 2))
     mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device)[:, None, None]
     std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32, device=x.device)[:, None, None]
-    return x.div_(255).sub_(mean).div_(std)
+    # A device tensor, not the number: CUDA turns a division by a CPU scalar into a multiplication
+    # by its reciprocal, one ulp off ToTensor's division on some pixels.
+    levels = torch.full((), 255.0, dtype=torch.float32, device=x.device)
+    return x.div_(levels).sub_(mean).div_(std)
 
 
 def crop_flip_normalize(pixels: torch.Tensor, crops: torch.Tensor, crop: int) -> torch.Tensor:

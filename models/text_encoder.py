@@ -6,7 +6,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import invert_permutation, pack_padded_sequence
 
 from .glove import load_glove
 
@@ -47,7 +47,14 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """tokens (B, L) padded with 0, lengths (B,) -> (B, d) L2-normalised."""
-        words = self.embedding(tokens)
-        packed = pack_padded_sequence(words, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
-        _, hidden = self.gru(packed)  # (2, B, d/2), in the input order
+        # pack_padded_sequence(enforce_sorted=False) does this sort, but copies the order to the GPU
+        # with a blocking copy, which waits for all the queued work (the backbone's) at every step.
+        # The same sort and the same row gathers, with the order sent from pinned memory instead.
+        lengths, order = torch.sort(lengths.cpu().to(torch.int64).clamp(min=1), descending=True)
+        if tokens.device.type == "cuda":
+            order = order.pin_memory()
+        order = order.to(tokens.device, non_blocking=True)
+        words = self.embedding(tokens).index_select(0, order)
+        _, hidden = self.gru(pack_padded_sequence(words, lengths, batch_first=True))  # (2, B, d/2), sorted
+        hidden = hidden.index_select(1, invert_permutation(order))                    # the input order
         return F.normalize(torch.cat([hidden[0], hidden[1]], dim=-1).float(), dim=-1)

@@ -232,8 +232,10 @@ def test_precision_settings_are_set_in_one_place_and_evaluation_runs_in_ieee_flo
 def test_bench_train_uses_the_training_precision_settings():
     from tests.helpers import run_cli
     proc = run_cli("benchmarks/bench_train.py", "--crop", "32", "--batch", "4", "--steps", "1", "--warmup", "0",
-                   "--device", "cpu", "--no-tf32")
+                   "--device", "cpu", "--no-tf32", "--profile", "3")
     assert "float32 matmul/conv ieee" in proc.stdout and "RESULT train_overhead" in proc.stdout
+    # the split of the time outside the backbone, and the profile's table of the costliest operations
+    assert "top-down pathway" in proc.stdout and "Self CPU" in proc.stdout
 
 
 def test_jpeg_draft_stays_within_its_stated_tolerance(tmp_path):

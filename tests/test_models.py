@@ -4,9 +4,12 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from config import resolve
+from data.augment import crop_flip_normalize
 from losses import RetrievalLoss
 from models import GRAINS, build_model
 from models.glove import glove_cache_path, load_glove
@@ -66,6 +69,62 @@ def test_text_encoder_shapes_and_padding():
     assert torch.allclose(text.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(text[1], alone[0], atol=1e-6)            # unsorted batch, padding ignored
     assert torch.allclose(text, padded_more, atol=1e-6)
+
+
+def reference_text_encoding(encoder, tokens, lengths):
+    """The encoder's forward as torch's packing does it (enforce_sorted=False): the figures to keep."""
+    packed = pack_padded_sequence(encoder.embedding(tokens), lengths.clamp(min=1), batch_first=True,
+                                  enforce_sorted=False)
+    _, hidden = encoder.gru(packed)
+    return F.normalize(torch.cat([hidden[0], hidden[1]], dim=-1).float(), dim=-1)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)"))])
+def test_text_encoder_sorts_as_torch_packing_does(device):
+    """The encoder sorts the batch itself (torch's packing would wait for the GPU at every step):
+    the same embeddings and gradients, bit for bit, ties in length and empty captions included."""
+    torch.manual_seed(0)
+    encoder = build_model(config(), vocab_size=50).text_encoder.to(device).requires_grad_(True)
+    lengths = torch.tensor([5, 0, 9, 5, 1, 9, 3, 5])
+    tokens = torch.randint(1, 50, (8, 9))
+    tokens[torch.arange(9) >= lengths[:, None]] = 0
+    outputs = []
+    for encode in (encoder, lambda t, n: reference_text_encoding(encoder, t, n)):
+        encoder.zero_grad()
+        text = encode(tokens.to(device), lengths)
+        (text * torch.arange(32, device=device)).sum().backward()
+        outputs.append((text.detach(), [p.grad.clone() for p in encoder.parameters()]))
+    (ours, our_grads), (theirs, their_grads) = outputs
+    assert torch.equal(ours, theirs)
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, their_grads))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)")
+def test_training_step_on_the_gpu_never_waits_for_it():
+    """No step of train.py's (batch to the device, crop and normalise, forward, loss, backward, AdamW)
+    synchronises with the GPU: the CPU queues the next work while the card runs the backbone."""
+    cfg = config(crop_size=32, batch_size=4)
+    model = build_model(cfg, vocab_size=30).cuda().train()
+    loss_fn = RetrievalLoss(cfg).cuda()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    pixels = torch.randint(0, 256, (8, 40, 40, 3), dtype=torch.uint8).pin_memory()
+    crops = torch.tensor([[1, 2, 0], [0, 8, 1]] * 4)
+    tokens, lengths = torch.randint(1, 30, (4, 6)).pin_memory(), torch.tensor([6, 3, 6, 1])
+    for sync_mode in ("default", "error"):  # the first step warms up cuDNN and the allocator
+        torch.cuda.set_sync_debug_mode(sync_mode)
+        try:
+            images = crop_flip_normalize(pixels.cuda(non_blocking=True), crops, 32)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                query, targets = model(images[:4], images[4:], tokens.cuda(non_blocking=True), lengths)
+                loss = loss_fn(model, query, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            optimizer.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss.total)
 
 
 def test_artemis_forces_coarse(caplog):
