@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--fpn_smooth", default="full", choices=("full", "depthwise"),
-                   help="top-down smoothing convs: full (the default of train.py) or depthwise (the speed option)")
+                   help="top-down smoothing convs: full (the default of train.py) or depthwise (fewer FLOPs)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-tf32", dest="tf32", action="store_false",
                    help="full IEEE float32 matmuls/convs on CUDA (train.py --no-tf32); default TF32, as train.py")

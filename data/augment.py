@@ -12,6 +12,8 @@ division). tests/test_cache.py checks it.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from data.images import IMAGENET_MEAN, IMAGENET_STD
@@ -36,6 +38,16 @@ def center_crop_offset(size: int, crop: int) -> int:
     return int(round((size - crop) / 2.0))
 
 
+@functools.cache
+def normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """255, the ImageNet mean and std on `device`, made once: building a CUDA tensor from numbers
+    copies them from the host with a blocking copy, a wait for the GPU at every batch otherwise."""
+    levels = torch.tensor(255.0, dtype=torch.float32).to(device)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None].to(device)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None].to(device)
+    return levels, mean, std
+
+
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, contiguous: ToTensor then Normalize(ImageNet)."""
     n, height, width, _ = pixels.shape
@@ -43,11 +55,9 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     # this several times slower on a CPU core (the same operations in the same order: the same values)
     x = torch.empty(n, 3, height, width, dtype=torch.float32, device=pixels.device)
     x.copy_(pixels.permute(0, 3, 1, 2))
-    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device)[:, None, None]
-    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32, device=x.device)[:, None, None]
-    # A device tensor, not the number: CUDA turns a division by a CPU scalar into a multiplication
-    # by its reciprocal, one ulp off ToTensor's division on some pixels.
-    levels = torch.full((), 255.0, dtype=torch.float32, device=x.device)
+    # 255 as a tensor, not a number: CUDA turns a division by a CPU scalar into a multiplication by
+    # its reciprocal, one ulp off ToTensor's division on some pixels
+    levels, mean, std = normalize_constants(x.device)
     return x.div_(levels).sub_(mean).div_(std)
 
 

@@ -97,7 +97,8 @@ class ImageEncoder(nn.Module):
         c2, c3, c4 = CHANNELS[backbone]
         depth = max(DEPTH[g] for g in self.grains)
         # A dense 3x3 smoothing conv at C3/C2 width (1024/512 channels for resnet50) costs as much
-        # as the whole backbone at 224 px; the depthwise one (a speed option) keeps the top-down pathway ~free.
+        # as the whole backbone at 224 px; the depthwise one has few FLOPs (faster on CPUs), yet on an H100
+        # in bf16 the image encoder took longer with it (14.9 against 11.5 ms in stage 1, BENCHMARKS.md).
         def smoothing(channels: int) -> nn.Conv2d:
             return nn.Conv2d(channels, channels, 3, padding=1, groups=channels if smooth == "depthwise" else 1)
 
