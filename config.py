@@ -94,7 +94,8 @@ class Config:
     gem_p: float = opt(3.0, "Generalized-mean pooling exponent.", "model", check=positive)
     fpn_smooth: str = opt("full", "3x3 smoothing convs of the top-down pathway: full (dense, as MANME.md §1 specifies; "
                           "as many FLOPs as the resnet50 backbone itself at 224 px) or depthwise (ours: few FLOPs, "
-                          "faster on CPUs; on an H100 in bf16 it was no faster, BENCHMARKS.md).", "model", choices=("full", "depthwise"))
+                          "faster on CPUs; on an H100 in bf16 it was no faster, BENCHMARKS.md).", "model",
+                          choices=("full", "depthwise"))
     fpn_relu: bool = opt(False, "(ours) ReLU after each top-down smoothing conv, so that GeM pools non-negative "
                          "features at mid and fine (its clamp otherwise zeroes negative activations and their "
                          "gradient); MANME.md §1 has none.", "model")
