@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import data.prepare as prepare
-from data.augment import center_crop_normalize
+from data.augment import center_crop_normalize, crop_flip_normalize, gather_crops, normalize
 from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
 from data.images import eval_transform, load_image, prepared_pixels, resize_size, train_transform
@@ -265,18 +265,28 @@ def test_training_with_jpeg_draft_and_exact_evaluation(photo_root, tmp_path):
     assert len(read_jsonl(tmp_path / "runs" / "draft" / "stage1" / "train_log.jsonl")) == 2  # a row per step
 
 
+def random_crops(n: int, size: int, crop: int, generator: torch.Generator):
+    pixels = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator)
+    crops = torch.stack([torch.randint(0, size - crop + 1, (n,), generator=generator),
+                         torch.randint(0, size - crop + 1, (n,), generator=generator),
+                         torch.randint(0, 2, (n,), generator=generator)], dim=1)
+    return pixels, crops
+
+
+def test_the_gpu_s_one_gather_crops_as_the_cpu_s_slices():
+    """On a GPU the crops and flips are one gather (gather_crops) instead of a copy per image."""
+    pixels, crops = random_crops(12, 40, 32, torch.Generator().manual_seed(0))
+    crops[0], crops[1] = torch.tensor([0, 0, 1]), torch.tensor([8, 8, 0])   # both corners, both flips
+    assert torch.equal(normalize(gather_crops(pixels, crops, 32)), crop_flip_normalize(pixels, crops, 32))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)")
 def test_batch_step_on_the_gpu_equals_the_cpu():
     """train.py crops, flips and normalises on the GPU: the same float32 values as on the CPU."""
-    generator = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (16, 256, 256, 3), dtype=torch.uint8, generator=generator)
-    crops = torch.stack([torch.randint(0, 33, (16,), generator=generator),
-                         torch.randint(0, 33, (16,), generator=generator),
-                         torch.randint(0, 2, (16,), generator=generator)], dim=1)
-    from data.augment import crop_flip_normalize
+    pixels, crops = random_crops(16, 256, 224, torch.Generator().manual_seed(0))
     on_cpu = crop_flip_normalize(pixels, crops, 224)
-    on_gpu = crop_flip_normalize(pixels.cuda(), crops.cuda(), 224)
-    assert torch.equal(on_gpu.cpu(), on_cpu)
+    assert torch.equal(crop_flip_normalize(pixels.cuda(), crops, 224).cpu(), on_cpu)
+    assert torch.equal(crop_flip_normalize(pixels.cuda(), crops.cuda(), 224).cpu(), on_cpu)
     assert torch.equal(center_crop_normalize(pixels.cuda(), 224).cpu(), center_crop_normalize(pixels, 224))
 
 
