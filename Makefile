@@ -14,9 +14,9 @@ DEMO_FLAGS := --dataset fashioniq --data_root $(DEMO)/data --vocab_dir $(DEMO)/v
 .PHONY: demo test test-fast lint venv clean-demo bench
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-clip.txt requirements-web.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-clip.txt -r requirements-web.txt
 	touch $@
 
 demo: venv
