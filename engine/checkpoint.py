@@ -50,8 +50,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    corrupt = (f"{path}: truncated or corrupt checkpoint ({{}}). Use an earlier checkpoint "
-               f"(e.g. {previous_path(path).name}).")
+    earlier = previous_path(path)  # named only when it is there: best.pt and last.prev.pt have none
+    corrupt = (f"{path}: truncated or corrupt checkpoint ({{}}). Use an earlier checkpoint"
+               + (f" (e.g. {earlier.name})." if earlier.is_file() else "."))
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index sits at the very end
         size = path.stat().st_size
         raise CheckpointError(corrupt.format(f"{size} bytes, not the complete zip archive torch.save writes"))

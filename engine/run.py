@@ -30,9 +30,11 @@ STAGE_FILES = ("last.pt", "best.pt", "train_log.jsonl")  # a stage folder holdin
 REPEAT_SIGNAL_WINDOW_S = 5.0
 
 
-def find_resume(stage_folder: Path) -> Path | None:
+def find_resume(stage_folder: Path, move_damaged: bool = True) -> Path | None:
     """The newest loadable checkpoint of a stage, falling back to the previous one when last.pt is damaged.
 
+    A damaged last.pt is moved aside (to last.damaged-<date-time>.pt, kept for inspection; on the main
+    process, `move_damaged`), so that the next save cannot rotate it over the good last.prev.pt.
     None when the stage has no checkpoint yet; CheckpointError when every checkpoint there is damaged."""
     last = stage_folder / "last.pt"
     damaged = []
@@ -47,6 +49,10 @@ def find_resume(stage_folder: Path) -> Path | None:
             if candidate != last:
                 log.warning(f"--resume auto: {last.name} is {'damaged' if damaged else 'missing'}; "
                             f"falling back to the previous checkpoint {candidate}")
+            if damaged and move_damaged:
+                aside = last.with_name(f"last.damaged-{time.strftime('%Y%m%d-%H%M%S')}.pt")
+                last.rename(aside)
+                log.warning(f"--resume auto: moved the damaged {last.name} to {aside} (kept for inspection)")
             return candidate
     if damaged:
         raise CheckpointError(f"--resume auto: no loadable checkpoint in {stage_folder} "
@@ -143,7 +149,7 @@ def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, wri
         return
     resume_from = None
     if cfg.resume == "auto":
-        resume_from = find_resume(stage.folder)
+        resume_from = find_resume(stage.folder, dist_info.is_main)
     elif cfg.resume:  # a PATH resumes its own stage: earlier stages are done, later ones start afresh
         saved_stage = load_checkpoint(cfg.resume).get("stage", stage.number)
         if saved_stage > stage.number:
