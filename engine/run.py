@@ -7,6 +7,7 @@ and train_log.jsonl.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from dataclasses import replace
@@ -65,6 +66,7 @@ def find_resume(stage_folder: Path, move_damaged: bool = True) -> Path | None:
 def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
     """Run the stage(s) `cfg` asks for; returns the run folder. `validation_hook` is called after
     each validation on the main process (train.py adds the retrieval figure to TensorBoard with it)."""
+    check_negatives(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     dist_info = init_distributed(pick_device(cfg.device).type)
     run_dir = Path(cfg.output_dir) / cfg.exp_name
     stages = plan_stages(cfg, run_dir)
@@ -89,6 +91,19 @@ def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
         close_logging()
         cleanup()
     return run_dir
+
+
+def check_negatives(cfg: Config, world_size: int) -> None:
+    """The in-batch contrastive loss needs a negative for every query: a batch of one triplet gives every
+    retrieval loss exactly 0 and trains nothing. Under torchrun the negatives are the global batch
+    (--gather_negatives) or the process's own (--no-gather_negatives)."""
+    gathered = cfg.gather_negatives and world_size > 1
+    per_loss = cfg.batch_size * (world_size if gathered else 1)
+    if per_loss < 2:
+        where = "per process " if world_size > 1 else ""
+        raise UserError(f"--batch_size {cfg.batch_size}: a batch of one triplet {where}has no in-batch negative, so "
+                        f"every retrieval loss is exactly 0 and nothing is learned; use --batch_size 2 or more"
+                        + (" (or --gather_negatives to share negatives across processes)" if world_size > 1 else ""))
 
 
 def take_run_folder(cfg: Config, run_dir: Path, stages: list[Stage], dist_info: DistInfo) -> RunLock | None:
