@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -24,9 +25,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        full = disk_full(e)
+        if full is not None:
+            raise full_disk_error(path, full) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -36,6 +40,27 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The out-of-space OSError behind `error`, if any: torch.save reports a failed write as
+    "[enforce fail at inline_container.cc:...] unexpected pos", with the OSError as its context."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def full_disk_error(path: Path, cause: OSError) -> OSError:
+    """One line that names the file, says the disk is full, and that the file there before is untouched."""
+    what = "the disk is full" if cause.errno == errno.ENOSPC else "the disk quota is used up"
+    error = OSError(f"{path}: could not be written: {what} ({os.strerror(cause.errno)}); the file there before, "
+                    f"if any, is unchanged. Free space on that disk (or write elsewhere) and run again")
+    error.errno = cause.errno  # kept for callers; str() stays the one line above
+    return error
 
 
 def current_umask() -> int:
