@@ -191,6 +191,8 @@ def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, wri
                         f"plus --resume auto, or `python train.py --output_dir {cfg.output_dir} --exp_name "
                         f"{cfg.exp_name} --resume auto` (the other settings are read from {run_dir / 'config.json'})")
             raise SystemExit(130) from None
+        finally:
+            trainer.stop_workers()
     if stage.number == 2 and not (stage.folder / "best.pt").exists() and (run_dir / "stage1" / "best.pt").is_file():
         # the carried-over best score was never beaten: the run's best model is stage 1's
         best = run_dir / "stage1" / "best.pt"
