@@ -1,7 +1,10 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one."""
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +18,12 @@ from utils.errors import UserError
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
+    commit([(stage(path, write, binary), path)])
+
+
+def stage(path: Path, write: Callable[[Any], None], binary: bool = False) -> Path:
+    """The first half of atomic_write: `write(fileobj)` to a temporary file beside `path`, fsynced; returns
+    its name for commit() (or discard()). A full disk fails here, naming `path`, with nothing left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -24,22 +33,58 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        discard([(Path(tmp), path)])
         full = disk_full(e)
         if full is not None:
             raise full_disk_error(path, full) from None
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    return Path(tmp)
+
+
+def commit(staged: list[tuple[Path, Path]]) -> None:
+    """Rename staged temporary files over their targets, in order, and make the renames durable."""
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        discard(staged)
+        raise
+    for folder in {path.parent for _, path in staged}:
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass
+
+
+def discard(staged: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in staged:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """An exclusive lock on a folder (flock on the folder itself: no lock file is left in it), waited for:
+    writers of one set of files take turns, so their files never mix."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def disk_full(error: BaseException) -> OSError | None:
