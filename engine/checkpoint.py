@@ -48,6 +48,8 @@ def previous_path(path: Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; any fault raises CheckpointError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file; name the file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     earlier = previous_path(path)  # named only when it is there: best.pt and last.prev.pt have none
