@@ -109,7 +109,8 @@ def check_negatives(cfg: Config, world_size: int) -> None:
 def take_run_folder(cfg: Config, run_dir: Path, stages: list[Stage], dist_info: DistInfo) -> RunLock | None:
     """Rank 0 locks the run folder and checks that the run may go there; under torchrun every rank stops
     when rank 0 refuses. Returns rank 0's lock (None on the other ranks)."""
-    lock = RunLock(run_dir) if dist_info.is_main else None
+    # its DataLoader workers only read: the lock dies with this process, so a killed run resumes at once
+    lock = RunLock(run_dir, children_hold=False) if dist_info.is_main else None
     refused = None
     if lock is not None:
         try:

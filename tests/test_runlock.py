@@ -21,7 +21,7 @@ HOLDER = """
 import multiprocessing as mp, os, sys, time
 from pathlib import Path
 from utils.runlock import RunLock
-lock = RunLock(Path(sys.argv[1]))
+lock = RunLock(Path(sys.argv[1]), children_hold=sys.argv[2] == "hold")
 lock.acquire()
 children = [mp.get_context("fork").Process(target=time.sleep, args=(120,)) for _ in range(2)]
 for c in children:
@@ -31,8 +31,9 @@ time.sleep(120)
 """
 
 
-def hold(run: Path) -> tuple[subprocess.Popen, list[int]]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+def hold(run: Path, children: str = "alone") -> tuple[subprocess.Popen, list[int]]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run), children], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
     children = [int(pid) for pid in proc.stdout.readline().split()]
     assert len(children) == 2, "the holder did not start"
     return proc, children
@@ -65,6 +66,20 @@ def test_lock_of_a_killed_process_is_free_at_once_though_its_children_live(tmp_p
         proc.kill()
 
 
+def test_by_default_forked_children_hold_the_lock_too(tmp_path):
+    """data.prepare's pool workers write what its lock guards: the lock lasts while any of them runs."""
+    proc, children = hold(tmp_path / "run", "hold")
+    try:
+        proc.kill()
+        proc.wait()
+        with pytest.raises(UserError, match="is in use by"):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_lock_held_in_this_process_refuses_a_second_taker(tmp_path):
     first = RunLock(tmp_path / "run")
     first.acquire()
@@ -91,7 +106,7 @@ def test_a_lock_left_on_another_host_is_reported_with_the_host(tmp_path):
 
 
 def test_a_child_forked_while_the_lock_is_held_cannot_release_it(tmp_path):
-    lock = RunLock(tmp_path / "run")
+    lock = RunLock(tmp_path / "run", children_hold=False)
     lock.acquire()
     try:
         pid = os.fork()

@@ -5,10 +5,12 @@ holder exits or dies, so a lock left by a dead process is taken over at once; th
 the holder (host, pid, start time) for the message a second process gets.
 
 Why flock, and why forked children close it: a flock belongs to the open file description, which
-fork() shares, so DataLoader workers (and data.prepare's pool) would hold the lock of a run that was
-killed until they notice their parent is gone: a resume at once was refused, naming a dead pid. Every
-forked child therefore closes its copy of the descriptor at once (os.register_at_fork); closing a copy
-leaves the parent's lock in place, and the OS drops it the moment the parent dies. A POSIX record
+fork() shares, so DataLoader workers would hold the lock of a run that was killed until they notice
+their parent is gone: a resume at once was refused, naming a dead pid. With `children_hold=False` (a
+training run: its workers only read) every forked child closes its copy of the descriptor at once
+(os.register_at_fork); closing a copy leaves the parent's lock in place, and the OS drops it the moment
+the parent dies. data.prepare keeps the default: its pool workers write what the lock guards, so the
+lock lasts while any of them still runs. A POSIX record
 lock (lockf) is not inherited either, but it is dropped when the process closes *any* descriptor of
 the file and never excludes a second lock taken in the same process (in-process commands and tests
 rely on that). A lock held on another host is invisible to some shared file systems, so a record left
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from utils.errors import UserError
 
-_HELD: set[RunLock] = set()  # the locks this process holds (a forked child drops its copies)
+_HELD: set[RunLock] = set()  # the locks with children_hold=False this process holds (a forked child drops them)
 
 
 def _close_in_child() -> None:
@@ -40,11 +42,12 @@ os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunLock:
-    def __init__(self, run_dir: Path, other: str = "choose another --exp_name"):
+    def __init__(self, run_dir: Path, other: str = "choose another --exp_name", children_hold: bool = True):
         """A lock on `run_dir` (a run folder, or anything one process at a time may write); `other` is the
-        way out a second process is told besides waiting."""
+        way out a second process is told besides waiting; `children_hold`: processes forked while it is
+        held hold it too (False: the lock belongs to this process alone)."""
         self.path = run_dir.parent / f".{run_dir.name}.lock"
-        self.other, self.fd = other, None
+        self.other, self.fd, self.children_hold = other, None, children_hold
 
     def acquire(self) -> str | None:
         """Take the lock or raise UserError naming the holder; returns a note when a dead holder's record
@@ -74,7 +77,8 @@ class RunLock:
         os.pwrite(fd, json.dumps({"host": host, "pid": os.getpid(),
                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
         self.fd = fd
-        _HELD.add(self)
+        if not self.children_hold:
+            _HELD.add(self)
         return f"took over the lock left by {previous} (that process has ended)" if previous else None
 
     def release(self) -> None:
