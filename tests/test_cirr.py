@@ -12,12 +12,12 @@ import torch
 
 from config import resolve
 from data.base import EvalSplit, Query
-from data.check import main as check_main
 from data.formats import build_vocabulary, open_dataset
 from data.synthetic import generate, main
 from engine.evaluation import evaluate, rank_subsets
 from models import build_model
 from tests.helpers import TINY_TRAIN, dataset_config, one_thread, read_jsonl, run_cli
+from tools.data_commands import check_main
 from utils.errors import UserError
 
 SMALL = dict(size=32, seed=1, n_images=24, n_triplets=60)  # 4 image sets of six per eval split, 12 for train
