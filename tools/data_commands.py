@@ -41,7 +41,23 @@ def _check(argv: list[str] | None) -> int:
     cfg = resolve(given_flags(args))
     if args.write_missing:
         check_output_file(args.write_missing, "--write_missing")
-    return data.check.check_dataset(open_dataset(cfg), args.write_missing, args.allow_missing)
+    fmt = open_dataset(cfg)
+    if args.write_missing:
+        check_not_dataset_file(args.write_missing, fmt.root)
+    return data.check.check_dataset(fmt, args.write_missing, args.allow_missing)
+
+
+def check_not_dataset_file(path: str, dataset_folder: Path) -> None:
+    """--write_missing may not replace a file of the dataset (an annotation or split file, an image): only a
+    listing an earlier data.check wrote there."""
+    path = Path(path)
+    if not (path.is_file() and path.resolve().is_relative_to(dataset_folder.resolve())):
+        return
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head and not head.startswith((b"missing\t", b"unreadable\t")):
+        raise UserError(f"--write_missing {path} is a file of the dataset in {dataset_folder} (not a listing "
+                        f"data.check wrote): writing it would destroy it; choose another --write_missing")
 
 
 def prepare_parser():
