@@ -91,6 +91,13 @@ def run_query(args) -> None:
               file=sys.stderr)
     if result.excluded is not None:
         print(f"note: the reference {result.excluded} is in the index and left out of the ranking", file=sys.stderr)
+    if result.stale:
+        print(f"warning: {len(result.stale)} indexed file(s) deleted or changed since the index was built, left out "
+              f"of the results: {', '.join(map(str, result.stale[:5]))}{' ...' if len(result.stale) > 5 else ''}; "
+              f"rebuild the index: {index.rebuild_command(args.index)}", file=sys.stderr)
+    if not index.stamps:
+        print(f"note: {args.index} predates file stamps, so only deleted files are noticed; rebuild it to notice "
+              f"changed ones: {index.rebuild_command(args.index)}", file=sys.stderr)
     for path, score in zip(result.paths, result.scores):
         print(f"{score:8.4f}  {path}")
     if args.png:
