@@ -192,5 +192,9 @@ def write_rows(task) -> tuple[list[int], list[tuple[int, str]]]:
             written.append(row)
         except (OSError, ValueError) as e:
             failed.append((row, str(e).removeprefix(f"{path}: ")))
-    array.flush()
+    try:
+        array.flush()
+    except OSError as e:  # a full disk or a failing device: name the file, not "[Errno 28]" alone
+        raise UserError(f"{array_path}: could not be written ({e.strerror}); {FIX}. The rows written so far are "
+                        f"kept") from None
     return written, failed
