@@ -193,28 +193,32 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
             else:
                 block = None
                 block = score_fn(qs, gs)
+            if torch.isnan(block).any():
+                raise NonFiniteScores("the scores hold NaN: nothing can be ranked (see engine.ranking)")
             # Comparing into a reused float buffer and summing it is 2-8x faster on the CPU than
             # summing a bool mask, which torch first copies to an integer tensor. Counts stay
             # exact in float32 (chunks have at most 2^24 columns).
-            if torch.isnan(block).any():
-                raise NonFiniteScores("the scores hold NaN: nothing can be ranked (see engine.ranking)")
             if above is None or above.shape != block.shape:
                 above = torch.empty(block.shape, dtype=torch.float32, device=device)
+            sel = chunk.in_block(gs)
+            r, c = chunk.rows[sel], chunk.cols[sel]
+            own = block[r, c - gs.start]  # the query's own targets and reference never count
+            same = own == best[r]
             count += torch.gt(block, best[:, None], out=above).sum(1).long()
-            n_tied = torch.eq(block, best[:, None], out=above).sum(1)
-            tied += n_tied.long()
-            with_ties = n_tied.nonzero().squeeze(1)  # rare but for a collapsed model: only those rows are read
+            count.scatter_add_(0, r, -(own > best[r]).long())
+            n_tied = torch.eq(block, best[:, None], out=above).sum(1).long()
+            n_tied.scatter_add_(0, r, -same.long())
+            tied += n_tied
+            # Which tied items come before the first target in gallery order: read only the rows that have
+            # one (few, but for a collapsed model), with their own columns taken out again.
+            with_ties = n_tied.nonzero().squeeze(1)
             if len(with_ties):
                 columns = torch.arange(gs.start, gs.stop, device=device)
                 earlier = columns[None, :] < first[with_ties, None]
                 before.index_add_(0, with_ties, (above[with_ties] * earlier).sum(1).long())
-            sel = chunk.in_block(gs)
-            r, c = chunk.rows[sel], chunk.cols[sel]
-            own = block[r, c - gs.start]
-            count.scatter_add_(0, r, -(own > best[r]).long())
-            same = own == best[r]
-            tied.scatter_add_(0, r, -same.long())
-            before.scatter_add_(0, r, -(same & (c < first[r])).long())
+                read = torch.zeros(nq, dtype=torch.bool, device=device)
+                read[with_ties] = True
+                before.scatter_add_(0, r, -(same & (c < first[r]) & read[r]).long())
             if k:
                 run_score, run_index = _merge_topk(block, gs, chunk.ref_col, k, run_score, run_index)
         block = None

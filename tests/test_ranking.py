@@ -179,3 +179,11 @@ def test_recall_at():
     ranks = torch.tensor([0, 5, 9, 10, 49, 50, 100, 0])
     assert recall_at(ranks) == {"R@1": 25.0, "R@10": 50.0, "R@50": 75.0}
     assert recall_at([0, 1], ks=(1, 2)) == {"R@1": 50.0, "R@2": 100.0}
+
+
+def test_a_reference_tied_with_the_target_never_counts():
+    """The reference scores exactly the target's score and comes first in the gallery: it is left out, so the
+    target is first (rank 0); another tie before the target counts."""
+    scores = torch.tensor([[0.5, 0.1, 0.5, 0.2], [0.5, 0.5, 0.5, 0.2]])
+    out = rank_queries(views(scores), 2, 4, [[2], [2]], [0, 0])
+    assert out.ranks.tolist() == [0, 1] and out.ties.tolist() == [0, 1]
