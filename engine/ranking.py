@@ -193,8 +193,6 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
             else:
                 block = None
                 block = score_fn(qs, gs)
-            if torch.isnan(block).any():
-                raise NonFiniteScores("the scores hold NaN: nothing can be ranked (see engine.ranking)")
             # Comparing into a reused float buffer and summing it is 2-8x faster on the CPU than
             # summing a bool mask, which torch first copies to an integer tensor. Counts stay
             # exact in float32 (chunks have at most 2^24 columns).
@@ -221,6 +219,10 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
                 before.scatter_add_(0, r, -(same & (c < first[r]) & read[r]).long())
             if k:
                 run_score, run_index = _merge_topk(block, gs, chunk.ref_col, k, run_score, run_index)
+            # a NaN compares false with everything: it would rank every target first. torch.topk takes NaN
+            # for the largest value, so the running top k shows one; without a top k the block is read
+            if torch.isnan(run_score if k else block).any():
+                raise NonFiniteScores("the scores hold NaN: nothing can be ranked (see engine.ranking)")
         block = None
         has_target = torch.tensor([len(correct[i]) > 0 for i in range(qs.start, qs.stop)], device=device)
         ranks.append(torch.where(has_target, count + before, n_gallery).cpu())

@@ -119,9 +119,12 @@ def test_non_finite_scores_are_refused_not_ranked(bad):
     scores[2, 3] = bad
     with pytest.raises(NonFiniteScores, match="NaN or infinite"):
         check_finite(scores, "scores")
-    if bad != bad:  # NaN: rank_queries itself refuses it, whoever calls it
-        with pytest.raises(NonFiniteScores):
-            rank_queries(views(scores), 4, 6, [[0]] * 4, [-1] * 4)
+    if bad != bad:  # NaN: rank_queries itself refuses it, whoever calls it, with or without a top k
+        wide = torch.randn(4, 300)
+        wide[2, 123] = bad
+        for topk in (0, 5):
+            with pytest.raises(NonFiniteScores):
+                rank_queries(views(wide), 4, 300, [[0]] * 4, [1] * 4, topk=topk, gallery_chunk=64)
 
 
 def test_reference_excluded_from_topk_and_count():
