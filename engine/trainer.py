@@ -430,9 +430,14 @@ class Trainer:
         return result
 
     def end_of_epoch(self) -> None:
+        broken = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:  # never saved, never best: last.pt keeps the previous epoch's weights
+            raise UserError(f"after step {self.step} the weights hold NaN or infinite values ({', '.join(broken[:3])}"
+                            f"{' ...' if len(broken) > 3 else ''}): the training diverged, so this epoch is neither "
+                            f"validated nor saved. Resume from last.pt with a lower --lr")
         if self.cfg.validate:
             score = self.validate().score
-            improved = score > self.best_score
+            improved = math.isfinite(score) and score > self.best_score
             if improved:
                 self.best_score = score
         else:
