@@ -8,10 +8,12 @@ rest of MANME costs on top of the CNN that any CQBIR model pays for.
 
   .venv/bin/python benchmarks/bench_train.py --backbone resnet18 --crop 64          # CPU figure
   .venv/bin/python benchmarks/bench_train.py --backbone resnet50 --crop 224 --device cuda --amp bf16
+  .venv/bin/python benchmarks/bench_train.py --count_ops --stage 1      # aten operations of one step, by part
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import resolve  # noqa: E402
 from losses import RetrievalLoss  # noqa: E402
 from models import build_model  # noqa: E402
+from utils.op_count import OpCounter  # noqa: E402
 from utils.precision import amp_dtype, pick_device, set_precision  # noqa: E402
 
 VOCAB, TEXT_LEN = 3775, 16
@@ -64,6 +67,27 @@ def profile(fn, device, rows: int) -> None:
         print(f"{len(kernels)} kernels, {busy_ms:.1f} ms of kernel time in the profiled step")
 
 
+def count_ops(model, loss_fn, optimizer, inputs, device, dtype) -> None:
+    """One eager step of train.py's (after a first one, which builds AdamW's state) under an OpCounter."""
+    def step(counter=None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            query, targets = model(*inputs)
+            out = loss_fn(model, query, targets)
+        optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        with counter.label("optimizer") if counter else contextlib.nullcontext():
+            optimizer.step()
+    step()
+    with OpCounter({"image encoder": model.image_encoder, "text encoder": model.text_encoder},
+                   default="composition, scores and losses") as counter:
+        step(counter)
+    print(f"{'':32}{'aten operations':>16}{'of which not views':>20}")
+    for part in ("image encoder", "text encoder", "composition, scores and losses", "optimizer"):
+        print(f"{part:32}{counter.counts[part]:16d}{counter.computing[part]:20d}")
+    print(f"RESULT ops_per_step total {counter.total} composition_loss "
+          f"{counter.counts['composition, scores and losses']}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
@@ -82,6 +106,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile one full step and print its N costliest operations")
+    p.add_argument("--count_ops", action="store_true",
+                   help="count the aten operations one eager full step dispatches (forward, backward, AdamW), by "
+                        "part, instead of timing; exact and device independent: a proxy for kernel launches")
     args = p.parse_args()
 
     finetune = args.stage == 2
@@ -137,6 +164,9 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         total.backward()
 
+    if args.count_ops:
+        count_ops(model, loss_fn, optimizer, (reference, target, tokens, lengths), device, dtype)
+        return
     step_s = timed(full_step, device, args.steps, args.warmup)
     trunk_s = timed(backbone_step, device, args.steps, args.warmup)
     encoder_s = timed(encoder_step, device, args.steps, args.warmup)
