@@ -41,7 +41,12 @@ def batched_pairwise_dot(a: Tensor, b: Tensor) -> Tensor:
         return pairwise_dot(a, b)
     if a.shape[1] * b.shape[1] >= 2**20 and not torch.is_grad_enabled():
         return torch.stack([pairwise_dot(x, y) for x, y in zip(a, b)])
-    return torch.matmul(a, b.mT)
+    return torch.bmm(a, b.mT)
+
+
+def product(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for 2-d or 3-d (batched) operands: mm or bmm itself (matmul would add reshapes around it)."""
+    return torch.mm(a, b) if a.dim() == 2 else torch.bmm(a, b)
 
 
 class AttendedCosine(torch.autograd.Function):
@@ -67,12 +72,13 @@ class AttendedCosine(torch.autograd.Function):
         grad_energy.masked_fill_(inv_norm >= EPS ** -0.5, 0.0)       # clamped entries
         grad_u = grad_a = grad_t = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_factor = grad_numerator @ t                          # d/d(u ⊙ a)
+            grad_factor = product(grad_numerator, t)                        # d/d(u ⊙ a)
             grad_u = grad_factor * a if ctx.needs_input_grad[0] else None
             if ctx.needs_input_grad[1]:
-                grad_a = torch.addcmul(grad_factor * u, a, grad_energy @ (t * t), value=2.0)
+                grad_a = torch.addcmul(grad_factor * u, a, product(grad_energy, t * t), value=2.0)
         if ctx.needs_input_grad[2]:
-            grad_t = torch.addcmul(grad_numerator.mT @ (u * a), t, grad_energy.mT @ (a * a), value=2.0)
+            grad_t = torch.addcmul(product(grad_numerator.mT, u * a), t, product(grad_energy.mT, a * a),
+                                   value=2.0)
         return grad_u, grad_a, grad_t
 
 

@@ -106,8 +106,8 @@ class Retriever(nn.Module):
         else:
             features = self.encode_images(torch.cat([reference_images, target_images]))
             n = reference_images.shape[0]
-            reference = {g: x[:n] for g, x in features.items()}
-            target = {g: x[n:] for g, x in features.items()}
+            halves = {g: x.split([n, x.shape[0] - n]) for g, x in features.items()}  # one op per grain
+            reference, target = {g: h[0] for g, h in halves.items()}, {g: h[1] for g, h in halves.items()}
         return self.compose(reference, self.encode_texts(tokens, lengths)), target
 
     # --- composition and scoring (variants) ---------------------------------------------------------
