@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import resolve  # noqa: E402
+from engine.trainer import compile_step  # noqa: E402
 from losses import RetrievalLoss  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.op_count import OpCounter  # noqa: E402
@@ -126,7 +127,14 @@ def main() -> None:
     model = model.to(memory_format=memory_format)
     loss_fn = RetrievalLoss(cfg).to(device)
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
-    forward = torch.compile(model) if args.compile else model
+
+    def loss_step(reference, target, tokens, lengths):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            query, targets = model(reference, target, tokens, lengths)
+            return loss_fn(model, query, targets)
+    # --compile: train.py's compiled step (forward + loss, their backward; CUDA graphs on a GPU)
+    step_fn = compile_step(loss_step, device) if args.compile else loss_step
+    cudagraphs = args.compile and device.type == "cuda"
 
     g = torch.Generator().manual_seed(0)
     reference = torch.randn(args.batch, 3, args.crop, args.crop, generator=g).to(device, memory_format=memory_format)
@@ -135,9 +143,9 @@ def main() -> None:
     lengths = torch.randint(4, TEXT_LEN + 1, (args.batch,), generator=g)
 
     def full_step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            query, targets = forward(reference, target, tokens, lengths)
-            out = loss_fn(model, query, targets)
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = step_fn(reference, target, tokens, lengths)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         optimizer.step()
