@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config import Config, build_parser
+from config import Config, build_parser, given_flags
 from data.synthetic.writers import FOLDERS, MARKER
 from experiments.ablation import (
     PER_RUN,
@@ -469,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_cli(command).parse_args(argv[1:])
     if command == "apply":
         return run_apply(args)
+    per_run = [k for k in given_flags(args) if k in PER_RUN]
+    if per_run:
+        raise UserError(f"--{per_run[0]}: set per run by this command")
     given = shared_flags(args)
     refused = [k for k in given if k in BASE or k == "dataset"]
     if refused:

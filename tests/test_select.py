@@ -11,8 +11,21 @@ import pytest
 
 from experiments import select
 from experiments.ablation import parse_variant, plan
-from experiments.select import (BASE, HALF_MARGINS, README_GRID, Candidate, Stage, adoption, apply_to_config,
-                                candidates, decide, departures, grid, main, spec_of)
+from experiments.select import (
+    BASE,
+    HALF_MARGINS,
+    README_GRID,
+    Candidate,
+    Stage,
+    adoption,
+    apply_to_config,
+    candidates,
+    decide,
+    departures,
+    grid,
+    main,
+    spec_of,
+)
 from tests.helpers import ONE_THREAD_ENV, ROOT, TINY, run_cli
 from utils.errors import UserError, command_status
 
@@ -247,7 +260,8 @@ def test_tiny_selection_runs_decides_and_skips_finished_runs(hard_roots, tmp_pat
         monkeypatch.setenv(key, value)
     vocab, out, record = tmp_path / "vocab", tmp_path / "out", tmp_path / "selection"
     run_cli("vocab.py", "--dataset", "fashioniq", "--data_root", hard_roots[0], "--vocab_dir", vocab)
-    tiny = [a for a in TINY if a not in ("--crop_size", "32")]
+    at = TINY.index("--crop_size")
+    tiny = TINY[:at] + TINY[at + 2:]  # the crop is BASE's
     command = ["dev", "--data_root", str(hard_roots[0]), "--vocab_dir", str(vocab), "--out", str(out),
                "--record", str(record), "--seeds", "0,1", "--jobs", "2", "--max_steps", "2", "--batch_size", "8",
                "--finetune_epochs", "1", *tiny]
