@@ -191,9 +191,10 @@ def data_marker(data_root: str) -> dict[str, str]:
 def check_data(data_root: str, seed: int, which: str) -> dict[str, str]:
     """The data root holds the hard synthetic FashionIQ of generator seed `seed`; returns its marker flags."""
     flags = data_marker(data_root)
-    if flags.get("dataset") != "fashioniq" or "difficulty" not in flags or flags.get("seed") != str(seed):
+    hard = flags.get("difficulty") == "hard"
+    if flags.get("dataset") != "fashioniq" or not hard or flags.get("seed") != str(seed):
         raise UserError(f"--data_root {data_root}: written with seed {flags.get('seed')}"
-                        f"{'' if 'difficulty' in flags else ', not --difficulty hard'}; the {which} set is "
+                        f"{'' if hard else ', not --difficulty hard'}; the {which} set is "
                         f"`{GENERATE.format(out='DIR', seed=seed)}`")
     return flags
 

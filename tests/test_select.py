@@ -190,6 +190,12 @@ def test_the_commands_refuse_what_the_protocol_fixes(hard_roots, tmp_path, capsy
     assert "--seed 0 --difficulty hard" in capsys.readouterr().err
     assert command_status(main, [*dev, "--data_root", str(tmp_path)]) == 2
     assert "SYNTHETIC.txt: not found" in capsys.readouterr().err
+    easy = tmp_path / "easy" / "fashionIQ"
+    easy.mkdir(parents=True)
+    (easy / "SYNTHETIC.txt").write_text("Synthetic fashioniq data written by: python -m data.synthetic --out DIR "
+                                        "--dataset fashioniq --size 64 --seed 0 --n_images 200 --n_triplets 250\n")
+    assert command_status(main, [*dev, "--data_root", str(easy.parent)]) == 2
+    assert "seed 0, not --difficulty hard" in capsys.readouterr().err
     selection = tmp_path / "selection.json"
     selection.write_text(json.dumps(fake_selection() | {"data": {"generator": {"dataset": "fashioniq"}}}))
     assert command_status(main, ["test", "--selection", str(selection), "--out", str(out), "--dry_run",
