@@ -20,7 +20,14 @@ from tqdm import tqdm
 from config import Config, saved_setting
 from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
-from data.loaders import TripletImages, collate_triplets, drop_missing, ignore_stop_signals
+from data.loaders import (
+    LoadFailure,
+    TripletImages,
+    collate_triplets,
+    drop_missing,
+    ignore_stop_signals,
+    worker_failures,
+)
 from data.text import Vocabulary, load_vocabulary, vocabulary_path
 from engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state, strip_ddp_prefix, vocab_state
 from engine.evaluation import EvalResult, evaluate
@@ -77,6 +84,7 @@ class EpochTriplets(Dataset):
     def item_seed(self, epoch: int, index: int) -> int:
         return (self.seed * 1_000_003 + epoch) * 10_000_019 + index
 
+    @worker_failures
     def __getitem__(self, key):
         epoch, index = key
         items = self._items_for(epoch)
@@ -341,6 +349,13 @@ class Trainer:
             log.warning(f"stage {self.stage.number}: {self.skipped} batch(es) skipped for a non-finite loss "
                         f"(--skip_nonfinite; marked \"skipped\" in {self.stage.folder / 'train_log.jsonl'})")
 
+    def stop_workers(self) -> None:
+        """End the persistent DataLoader workers now: the loader keeps its iterator, and with it the workers,
+        alive; left to the interpreter's exit, they are terminated and reported as "exited unexpectedly"."""
+        iterator, self.loader._iterator = self.loader._iterator, None
+        if iterator is not None:
+            iterator._shutdown_workers()
+
     def at_max_steps(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
 
@@ -354,6 +369,8 @@ class Trainer:
         t0, seen = time.perf_counter(), 0
         step_end = last_flush = time.perf_counter()
         for batch in bar:
+            if isinstance(batch, LoadFailure):  # a worker's error: raised as with --num_workers 0
+                raise batch.error
             step_start = time.perf_counter()
             out = self.train_step(batch)
             self.optimize(out)
@@ -413,9 +430,14 @@ class Trainer:
         return result
 
     def end_of_epoch(self) -> None:
+        broken = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:  # never saved, never best: last.pt keeps the previous epoch's weights
+            raise UserError(f"after step {self.step} the weights hold NaN or infinite values ({', '.join(broken[:3])}"
+                            f"{' ...' if len(broken) > 3 else ''}): the training diverged, so this epoch is neither "
+                            f"validated nor saved. Resume from last.pt with a lower --lr")
         if self.cfg.validate:
             score = self.validate().score
-            improved = score > self.best_score
+            improved = math.isfinite(score) and score > self.best_score
             if improved:
                 self.best_score = score
         else:
