@@ -179,7 +179,9 @@ class Config:
     cudnn_benchmark: bool = opt(True, "Training on a CUDA GPU: let cuDNN time its convolution algorithms once for "
                                 "the fixed input size and keep the fastest.", "train")
     channels_last: bool = opt(False, "Use channels-last memory format for the backbone.", "run")
-    compile: bool = opt(False, "torch.compile the model.", "train")
+    compile: bool = opt(False, "torch.compile the training step: model forward and loss, with their backward "
+                                "(CUDA graphs on a GPU: the last, smaller batch of an epoch is dropped, so every "
+                                "step has the same shapes; docs/performance.md).", "train")
     gather_negatives: bool = opt(True, "Under torchrun, use the whole global batch as in-batch negatives "
                                  "(docs/distributed.md).", "train")
     # --- evaluation ---

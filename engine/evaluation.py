@@ -20,7 +20,7 @@ from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
 from data.loaders import drop_missing_eval
 from engine.inference import Trained, build_queries, embed_images, rank_gallery
-from engine.ranking import RankResult, rank_queries, recall_at
+from engine.ranking import RankResult, check_finite, rank_queries, recall_at
 from models import ComposedQuery
 from utils.distributed import DistInfo
 from utils.errors import UserError
@@ -73,7 +73,7 @@ class EvalResult:
             rows.append(f"{self.summary_metric} = {self.overall[self.summary_metric]:.2f}  (mean of {what})")
         if self.overall.get("queries_with_ties"):
             rows.append(f"{self.overall['queries_with_ties']} queries have a gallery image tied with their target "
-                        f"(counted in the target's favour)")
+                        f"(broken by gallery order, as rankings.jsonl lists them)")
         return "\n".join(rows)
 
 
@@ -149,7 +149,7 @@ def rank_subsets(model, query: ComposedQuery, s: EvalSplit, features: dict[str, 
     def score_fn(qs: slice, cs: slice) -> torch.Tensor:
         cols = table[qs, cs]
         needed, inverse = torch.unique(cols.clamp(min=0), return_inverse=True)
-        block = model.score(query[qs], {g: x[needed] for g, x in features.items()}).float()
+        block = check_finite(model.score(query[qs], {g: x[needed] for g, x in features.items()}).float(), "scores")
         return block.gather(1, inverse).masked_fill(cols < 0, float("-inf"))
 
     result = rank_queries(

@@ -160,11 +160,27 @@ def check_output_dir(folder: str | Path, flag: str, keep: bool = True) -> Path:
     return folder
 
 
-def check_output_file(path: str | Path, flag: str) -> Path:
-    """`path` can be written as a file (its folder exists or can be made, and is writable), checked before
-    any work; nothing is left behind by the check."""
+def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path | None] | None = None) -> Path:
+    """`path` can be written as a file (its folder exists or can be made, and is writable) and is none of the
+    command's `inputs` (flag -> path), checked before any work; nothing is left behind by the check."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give a file name (e.g. {path / 'out'})")
+    for name, given in (inputs or {}).items():
+        if given and same_file(path, given):
+            raise UserError(f"{flag} {path} is also the command's input {name} {given}: writing it would destroy "
+                            f"that file; choose another {flag}")
     check_output_dir(path.parent, flag, keep=False)
     return path
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same path once resolved (links followed, `..` removed), or one
+    file on disk reached through two names (a hard link, a bind mount)."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: then they are not one existing file
+        return False
