@@ -438,7 +438,8 @@ def test_eval_browser_without_the_checkpoint(fashioniq_eval, tiny_root, tmp_path
 
 # ----------------------------------------------------------------------------- in a real browser
 
-def browser():
+
+def browser(profile: Path):
     """A headless Chromium driven by Selenium through the system chromedriver, or a skip saying what is missing."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
                                                                  "(pip install -r requirements-web.txt)")
@@ -452,20 +453,18 @@ def browser():
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1000"):
+                 "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    return webdriver, options, Service(driver)
+    return webdriver.Chrome(options=options, service=Service(driver))
 
 
 def test_search_page_in_headless_chromium(live_port, service, tmp_path):
-    webdriver, options, driver_service = browser()
+    driver = browser(tmp_path / "profile")
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
     ref, text, k = service.names[3], "is red <and> has long sleeves", 6
     expected = [r["path"] for r in service.query(Path(service.index.root) / ref, text, k)["results"]]
-    driver = webdriver.Chrome(options=options, service=driver_service)
     try:
         url = f"http://127.0.0.1:{live_port}/?" + urllib.parse.urlencode({"ref": ref, "text": text, "k": k})
         driver.get(url)
@@ -493,3 +492,26 @@ def test_search_page_in_headless_chromium(live_port, service, tmp_path):
         assert read_png(tmp_path / "search.png").width > 600
     finally:
         driver.quit()
+
+
+def test_eval_page_in_headless_chromium(fashioniq_eval, tiny_root, tmp_path):
+    run, client = fashioniq_eval
+    worst = client.get("/api/queries", params={"limit": 3}).json()["rows"]
+    driver = browser(tmp_path / "profile")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    try:
+        with live(create_eval_app(EvalRun(run, tiny_root, "", {"device": "cpu"}))) as port:
+            driver.get(f"http://127.0.0.1:{port}/")
+            WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".query")) == 20)
+            shown = [int(e.get_attribute("data-query")) for e in driver.find_elements(By.CSS_SELECTOR, ".query")]
+            assert shown[:3] == [r["query"] for r in worst]  # the first category's worst queries first
+            rows = driver.find_elements(By.CSS_SELECTOR, "#recalls tr")
+            assert rows[1].text.split()[0] == "dress" and len(rows) >= 4
+            driver.find_element(By.CSS_SELECTOR, ".query .card.target img").click()
+            WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+                "const i = document.querySelector('.explanation img'); return i && i.complete && i.naturalWidth > 0"))
+            driver.save_screenshot(str(tmp_path / "eval.png"))
+    finally:
+        driver.quit()
+    assert read_png(tmp_path / "eval.png").width > 600

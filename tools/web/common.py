@@ -70,6 +70,10 @@ def add_static(app: FastAPI) -> None:
     def style():
         return Response((PAGES / "style.css").read_bytes(), media_type="text/css")
 
+    @app.get("/static/common.js", include_in_schema=False)
+    def script():
+        return Response((PAGES / "common.js").read_bytes(), media_type="text/javascript")
+
 
 class ServedFiles:
     """The only files a page serves: name -> file, looked up by exact name, so `../`, `%2e%2e`, an absolute path
