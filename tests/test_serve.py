@@ -249,6 +249,15 @@ def test_bad_parameters_are_4xx_with_a_message(client, service, params):
     assert response.json()["error"] and "Traceback" not in response.text
 
 
+def test_post_bad_parameters_are_4xx(client, folder):
+    image = ("x.jpg", jpeg_bytes(next(folder.glob("*.jpg"))), "image/jpeg")
+    for files, data in (({}, {"text": "is red", "k": "3"}), ({"image": image}, {"text": "is red", "k": "0"}),
+                        ({"image": image}, {"text": " ", "k": "3"}), ({"image": image}, {"k": "3"}),
+                        ({"image": image}, {"text": "is red", "k": "many"})):
+        response = client.post("/api/search", files=files, data=data)
+        assert 400 <= response.status_code < 500 and response.json()["error"], (files.keys(), data)
+
+
 def test_explain_bad_parameters(client, service):
     ref, target = service.names[0], service.names[1]
     both = client.get("/api/explain", params={"ref": ref, "upload": "0" * 64, "text": "x", "target": target})
