@@ -128,6 +128,7 @@ def main() -> None:
             print(f"N={n:>7}: query p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  max {r['max']:6.1f} ms  "
                   f"(median parts: reference embedding {r['embed']:.1f} ms, compose+rank {r['rank']:.1f} ms); "
                   f"p95 / goal {GOAL_MS:.0f} ms = {r['p95'] / GOAL_MS:.2f}")
+    print(f"RESULT serve_p95 {r['p95']:.0f} ms at N={r['n']} ({r['p95'] / GOAL_MS:.2f}x the {GOAL_MS:.0f} ms goal)")
 
 
 if __name__ == "__main__":
