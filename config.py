@@ -29,12 +29,25 @@ def at_least(low):
     return lambda v: None if v >= low else "must be positive" if low == 1 else f"must be at least {low}"
 
 
-def positive(v):
-    return None if v > 0 else "must be positive"
+def between(low, high, why: str = ""):
+    """low <= v <= high; `why` says what a larger value would break."""
+    low_check = at_least(low)
+    return lambda v: low_check(v) or (f"must be at most {high}{why}" if v > high else None)
 
 
-def between(low, high):
-    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
+def above(low, high, why: str = ""):
+    """low < v <= high (low is 0 here: "positive")."""
+    return lambda v: (None if v > low else "must be positive" if low == 0 else f"must be above {low}") or (
+        f"must be at most {high}{why}" if v > high else None)
+
+
+# Ranges keep memory and arithmetic finite (issue 22): sizes a machine can hold, counts an int64 step
+# counter and the per-item seeds ((seed * 1_000_003 + epoch) * 10_000_019 + index < 2**64) can carry.
+MANY = 10 ** 9
+# tau = exp(kappa) in float32: overflows above log(3.4e38) ~ 88.7 and is 0 below ~ -103; either leaves a
+# loss that cannot train
+KAPPA = (-80.0, 80.0)
+MARGIN = (0.0, 2.0)  # the relevances are cosines in [-1, 1]: a margin above 2 is never met
 
 
 def finite(v) -> bool:
@@ -67,7 +80,7 @@ class Config:
     categories: str = opt("dress,shirt,toptee", "FashionIQ categories, comma-separated (ignored for other datasets).",
                           "data,eval,vocab")
     crop_size: int = opt(224, "Image crop size in pixels; images are resized to crop_size*256/224 first.",
-                         "data,model", check=at_least(32))
+                         "data,model", check=between(32, 2048))
     image_cache: str = opt("auto", "Prepared image cache (`python -m data.prepare`): auto (the data root's cache/ "
                            "folder, when it holds this dataset at this --crop_size), none (read the image files), "
                            "or a FOLDER. Images it lacks, or whose file changed since, are read from their files; "
@@ -77,7 +90,7 @@ class Config:
                            "by under 1 of 255 levels on average (tests/test_cache.py). Training only: cached "
                            "images and evaluation are exact.", "train")
     num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search",
-                           check=at_least(0))
+                           check=between(0, 256))
     # --- model ---
     model: str = opt("manme", "Model variant (MANME.md §4, variants).", "model", choices=tuple(VARIANTS))
     backbone: str = opt("resnet50", "Image backbone.", "model", choices=("resnet50", "resnet18"))
@@ -85,13 +98,14 @@ class Config:
                                 "ImageNet state dict for the backbone: a PATH, 'default' (torchvision's cache: "
                                 "$TORCH_HOME/hub/checkpoints/<arch>-<hash>.pth), or 'none' to train from scratch. "
                                 "Never downloaded.", "model")
-    embed_dim: int = opt(512, "Joint embedding size d.", "model", check=at_least(1))
-    word_dim: int = opt(300, "Word embedding size.", "model", check=at_least(1))
+    embed_dim: int = opt(512, "Joint embedding size d.", "model", check=between(1, 16384))
+    word_dim: int = opt(300, "Word embedding size.", "model", check=between(1, 4096))
     glove_path: str = opt("", "GloVe text file (glove.*.300d.txt) to initialise word embeddings; empty = random init.",
                           "model")
     grains: str = opt("coarse,mid,fine", "Granularities to use, comma-separated subset of coarse,mid,fine.", "model")
     share_attention: bool = opt(False, "(ours) Share the compositor block's weights across granularities.", "model")
-    gem_p: float = opt(3.0, "Generalized-mean pooling exponent.", "model", check=positive)
+    gem_p: float = opt(3.0, "Generalized-mean pooling exponent.", "model",
+                        check=between(1, 10, " (x**p of the pooled features overflows float32 beyond)"))
     fpn_smooth: str = opt("full", "3x3 smoothing convs of the top-down pathway: full (dense, as MANME.md §1 specifies; "
                           "as many FLOPs as the resnet50 backbone itself at 224 px) or depthwise (ours: few FLOPs, "
                           "faster on CPUs; on an H100 in bf16 it was no faster, BENCHMARKS.md).", "model",
@@ -106,13 +120,15 @@ class Config:
                                          "ARTEMIS release does (BatchNorm batch statistics per image set); default "
                                          "(ours): one pass over both.", "model")
     # --- loss ---
-    temperature_init: float = opt(2.65926, "Initial log-temperature kappa (tau = exp(kappa)), learnable.", "model")
+    temperature_init: float = opt(2.65926, "Initial log-temperature kappa (tau = exp(kappa)), learnable.", "model",
+                                  check=between(*KAPPA, " (tau = exp(kappa) must be a finite, non-zero float32)"))
     alpha: float = opt(0.4, "(ours) Mix of the text embedding and its projection in the mutual-exclusion relevance.",
                        "model", check=between(0, 1))
     margins: str = opt("0.6,0.4,0.3", "(ours) Mutual-exclusion margins for coarse,mid,fine.", "model")
     lambda_me: float = opt(1.0, "(ours) Weight of the mutual-exclusion loss (0 disables it).", "model",
-                           check=at_least(0))
-    lambda_ov: float = opt(0.0, "(ours) Weight of the optional overlap regulariser.", "model", check=at_least(0))
+                           check=between(0, 1000))
+    lambda_ov: float = opt(0.0, "(ours) Weight of the optional overlap regulariser.", "model",
+                           check=between(0, 1000))
     # --- training ---
     img_finetune: bool = opt(False, "Stage 2: fine-tune the image backbone.", "train")
     txt_finetune: bool = opt(False, "Stage 2: fine-tune the word embeddings.", "train")
@@ -122,31 +138,35 @@ class Config:
                             "checkpoint, with its optimizer state, decayed learning rate and best score) or best "
                             "(ours: the best stage-1 weights, a fresh optimizer at --lr).", "train",
                             choices=("continue", "best"))
-    num_epochs: int = opt(8, "Stage-1 epochs.", "train", check=at_least(1))
+    num_epochs: int = opt(8, "Stage-1 epochs.", "train", check=between(1, 100_000))
     finetune_epochs: int = opt(50, "Stage-2 epochs (used with --two_stage or when fine-tuning).", "train",
-                               check=at_least(0))
+                               check=between(0, 100_000))
     batch_size: int = opt(32, "Training triplets per optimizer step (per process under torchrun: "
-                          "docs/distributed.md).", "train", check=at_least(1))
-    lr: float = opt(5e-4, "AdamW learning rate.", "train", check=positive)
+                          "docs/distributed.md); at least 2, so that every query has an in-batch negative.", "train",
+                          check=between(1, 16384))
+    lr: float = opt(5e-4, "AdamW learning rate.", "train", check=above(0, 1e30, " (a float32 must hold it)"))
     weight_decay: float = opt(0.01, "AdamW weight decay (0.01: torch's default, which the ARTEMIS release uses "
-                              "by setting none).", "train", check=at_least(0))
-    step_lr: int = opt(4, "Halve the learning rate every step_lr epochs (stage 1).", "train", check=at_least(1))
+                              "by setting none).", "train", check=between(0, 100))
+    step_lr: int = opt(4, "Halve the learning rate every step_lr epochs (stage 1).", "train",
+                      check=between(1, 100_000))
     finetune_step_lr: int = opt(10, "Halve the learning rate every finetune_step_lr epochs (stage 2).", "train",
-                                check=at_least(1))
-    lr_decay: float = opt(0.5, "Learning-rate factor applied every step.", "train", check=positive)
-    seed: int = opt(0, "Random seed (data order, initialisation, augmentation).", "train", check=at_least(0))
+                                check=between(1, 100_000))
+    lr_decay: float = opt(0.5, "Learning-rate factor applied every step.", "train",
+                          check=above(0, 1, " (a factor above 1 grows the learning rate without bound)"))
+    seed: int = opt(0, "Random seed (data order, initialisation, augmentation).", "train",
+                    check=between(0, 999_999, " (the per-item seeds derived from it must fit 64 bits)"))
     output_dir: str = opt("./runs", "Runs are written under <output_dir>/<exp_name>/.", "run")
     exp_name: str = opt("default", "Experiment name.", "train")
-    log_every: int = opt(10, "Print/TensorBoard interval in optimizer steps.", "train", check=at_least(1))
+    log_every: int = opt(10, "Print/TensorBoard interval in optimizer steps.", "train", check=between(1, MANY))
     save_every_steps: int = opt(0, "Also write last.pt every N optimizer steps (0: only at epoch end).", "train",
-                                check=at_least(0))
+                                check=between(0, MANY))
     resume: str = opt("", "'auto' (newest good checkpoint of the experiment) or a checkpoint PATH "
                       "(docs/failures.md).", "train")
     overwrite: bool = opt(False, "Start over in an existing run folder: the old run is moved aside to "
                           "<exp_name>.old-<date-time>/ (never deleted).", "train")
     skip_nonfinite: bool = opt(False, "Skip batches whose loss is NaN/inf instead of stopping.", "train")
     max_steps: int = opt(0, "Stop each stage after this many optimizer steps (0: no limit; for smoke tests).", "train",
-                         check=at_least(0))
+                         check=between(0, MANY))
     validate: bool = opt(True, "Validate after every epoch.", "train")
     val_figure: bool = opt(True, "Add a retrieval figure to TensorBoard at each validation.", "train")
     # --- performance / device ---
@@ -159,7 +179,9 @@ class Config:
     cudnn_benchmark: bool = opt(True, "Training on a CUDA GPU: let cuDNN time its convolution algorithms once for "
                                 "the fixed input size and keep the fastest.", "train")
     channels_last: bool = opt(False, "Use channels-last memory format for the backbone.", "run")
-    compile: bool = opt(False, "torch.compile the model.", "train")
+    compile: bool = opt(False, "torch.compile the training step: model forward and loss, with their backward "
+                                "(CUDA graphs on a GPU: the last, smaller batch of an epoch is dropped, so every "
+                                "step has the same shapes; docs/performance.md).", "train")
     gather_negatives: bool = opt(True, "Under torchrun, use the whole global batch as in-batch negatives "
                                  "(docs/distributed.md).", "train")
     # --- evaluation ---
@@ -167,9 +189,10 @@ class Config:
                      "(CIRR: no public targets; writes the CIRR evaluation server's two submission files).", "eval",
                      choices=("val", "test", "test1"))
     eval_batch_size: int = opt(64, "Images per batch when embedding the gallery.", "eval,train,search",
-                               check=at_least(1))
-    eval_chunk: int = opt(1024, "Queries scored per chunk.", "eval,train", check=at_least(1))
-    gallery_chunk: int = opt(8192, "Gallery images scored per chunk.", "eval,train", check=at_least(1))
+                               check=between(1, 16384))
+    eval_chunk: int = opt(1024, "Queries scored per chunk.", "eval,train", check=between(1, 65536))
+    gallery_chunk: int = opt(8192, "Gallery images scored per chunk; eval_chunk x gallery_chunk scores are held at "
+                             "once (at most 2**28).", "eval,train", check=between(1, 1 << 20))
     profile: bool = opt(False, "evaluate.py: also report trainable/total parameters and GFLOPs per query.", "eval")
 
     # ---- derived views ----
@@ -209,6 +232,12 @@ class Config:
                 raise ValueError
         except ValueError:
             raise UserError(f"--margins {self.margins!r}: give three numbers for coarse,mid,fine") from None
+        if not all(MARGIN[0] <= m <= MARGIN[1] for m in self.margin_list.values()):  # NaN fails too
+            raise UserError(f"--margins {self.margins!r}: each margin must be a number between {MARGIN[0]:g} and "
+                            f"{MARGIN[1]:g} (the relevances it separates are cosines in [-1, 1])")
+        if self.eval_chunk * self.gallery_chunk > 1 << 28:
+            raise UserError(f"--eval_chunk {self.eval_chunk} x --gallery_chunk {self.gallery_chunk}: more than 2**28 "
+                            f"scores held at once (1 GiB); lower either")
         if self.exp_name in ("", ".", "..") or "/" in self.exp_name or "\\" in self.exp_name:
             raise UserError(f"--exp_name {self.exp_name!r}: give a plain folder name (no path separator, not "
                             f"empty, not . or ..); the run goes to --output_dir/<exp_name>")

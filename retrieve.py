@@ -19,8 +19,8 @@ from pathlib import Path
 from config import build_parser, given_flags
 from engine.inference import load_trained
 from tools.figures import RetrievalRow, draw_retrievals, save_png
-from tools.search_index import build_index, check_checkpoint, load_index, save_index, search
-from utils.errors import run_command, subcommand
+from tools.search_index import IMAGE_SUFFIXES, build_index, check_checkpoint, load_index, save_index, search
+from utils.errors import UserError, run_command, subcommand
 from utils.io import check_output_file
 
 COMMANDS = {"index": "Embed a folder of images.", "query": "Query an index."}
@@ -45,7 +45,11 @@ def parser_for(command: str):
 
 
 def run_index(args) -> None:
-    check_output_file(args.out, "--out")
+    check_output_file(args.out, "--out", {"--ckpt": args.ckpt})
+    if Path(args.out).suffix.lower() in IMAGE_SUFFIXES and Path(args.images).is_dir() and \
+            Path(args.out).resolve().is_relative_to(Path(args.images).resolve()):
+        raise UserError(f"--out {args.out} is an image file in the folder being indexed (--images {args.images}): "
+                        f"writing it would destroy that image; give the index another name (e.g. my_images.index)")
     trained = load_trained(args.ckpt, given_flags(args))
     cfg, device = trained.cfg, trained.device
     print(f"indexing {args.images} with {args.ckpt} ({cfg.model}, {cfg.crop_size} px) on {device}")
@@ -67,9 +71,14 @@ def run_query(args) -> None:
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"{args.image}: reference image not found (--image)")
     if args.png:
-        check_output_file(args.png, "--png")
+        check_output_file(args.png, "--png", {"--image": args.image, "--index": args.index, "--ckpt": args.ckpt})
     index = load_index(args.index)
     ckpt = args.ckpt or index.checkpoint["path"]
+    if args.png:
+        check_output_file(args.png, "--png", {"the checkpoint": ckpt})
+        if Path(args.png).exists() and index.position(args.png) >= 0:
+            raise UserError(f"--png {args.png} is one of the indexed images: writing it would destroy that image; "
+                            f"choose another --png")
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"{ckpt}: the checkpoint that built {args.index} is not there; "
                                 f"pass its new location with --ckpt")
@@ -82,6 +91,13 @@ def run_query(args) -> None:
               file=sys.stderr)
     if result.excluded is not None:
         print(f"note: the reference {result.excluded} is in the index and left out of the ranking", file=sys.stderr)
+    if result.stale:
+        print(f"warning: {len(result.stale)} indexed file(s) deleted or changed since the index was built, left out "
+              f"of the results: {', '.join(map(str, result.stale[:5]))}{' ...' if len(result.stale) > 5 else ''}; "
+              f"rebuild the index: {index.rebuild_command(args.index)}", file=sys.stderr)
+    if not index.stamps:
+        print(f"note: {args.index} predates file stamps, so only deleted files are noticed; rebuild it to notice "
+              f"changed ones: {index.rebuild_command(args.index)}", file=sys.stderr)
     for path, score in zip(result.paths, result.scores):
         print(f"{score:8.4f}  {path}")
     if args.png:

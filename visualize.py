@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     if args.n < 1 or getattr(args, "k", 1) < 1:
         parser.error("--n and --k must be at least 1")
 
-    check_output_file(args.out, "--out")
+    check_output_file(args.out, "--out", {"--ckpt": explicit["ckpt"]})
     trained = load_trained(explicit["ckpt"], explicit)
     model, cfg, vocab, device = trained.model, trained.cfg, trained.vocab, trained.device
     fmt = open_dataset(cfg)

@@ -40,7 +40,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data.prepare as prepare  # noqa: E402
 from config import resolve  # noqa: E402
 from data.cache import PixelSource, open_pixel_source  # noqa: E402
 from data.formats import open_dataset  # noqa: E402
@@ -51,6 +50,7 @@ from data.synthetic.cli import photo_size  # noqa: E402
 from data.text import Vocabulary  # noqa: E402
 from engine.sampler import ResumableSampler  # noqa: E402
 from engine.trainer import EpochTriplets  # noqa: E402
+from tools.data_commands import prepare_main  # noqa: E402
 from utils.precision import pick_device  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def main() -> None:
             print(f"wrote synthetic FashionIQ, {args.photo[0]}x{args.photo[1]} JPEGs, in "
                   f"{time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()
-        prepare.main(["--dataset", "fashioniq", "--data_root", str(root), "--crop_size", str(args.crop)])
+        prepare_main(["--dataset", "fashioniq", "--data_root", str(root), "--crop_size", str(args.crop)])
         print(f"prepared the cache in {time.perf_counter() - t0:.1f} s")
         cfg = resolve({"dataset": "fashioniq", "data_root": str(root), "crop_size": args.crop})
         fmt = open_dataset(cfg)

@@ -8,10 +8,12 @@ rest of MANME costs on top of the CNN that any CQBIR model pays for.
 
   .venv/bin/python benchmarks/bench_train.py --backbone resnet18 --crop 64          # CPU figure
   .venv/bin/python benchmarks/bench_train.py --backbone resnet50 --crop 224 --device cuda --amp bf16
+  .venv/bin/python benchmarks/bench_train.py --count_ops --stage 1      # aten operations of one step, by part
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -21,8 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import resolve  # noqa: E402
+from engine.trainer import compile_step  # noqa: E402
 from losses import RetrievalLoss  # noqa: E402
 from models import build_model  # noqa: E402
+from utils.op_count import OpCounter  # noqa: E402
 from utils.precision import amp_dtype, pick_device, set_precision  # noqa: E402
 
 VOCAB, TEXT_LEN = 3775, 16
@@ -64,6 +68,27 @@ def profile(fn, device, rows: int) -> None:
         print(f"{len(kernels)} kernels, {busy_ms:.1f} ms of kernel time in the profiled step")
 
 
+def count_ops(model, loss_fn, optimizer, inputs, device, dtype) -> None:
+    """One eager step of train.py's (after a first one, which builds AdamW's state) under an OpCounter."""
+    def step(counter=None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            query, targets = model(*inputs)
+            out = loss_fn(model, query, targets)
+        optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        with counter.label("optimizer") if counter else contextlib.nullcontext():
+            optimizer.step()
+    step()
+    with OpCounter({"image encoder": model.image_encoder, "text encoder": model.text_encoder},
+                   default="composition, scores and losses") as counter:
+        step(counter)
+    print(f"{'':32}{'aten operations':>16}{'of which not views':>20}")
+    for part in ("image encoder", "text encoder", "composition, scores and losses", "optimizer"):
+        print(f"{part:32}{counter.counts[part]:16d}{counter.computing[part]:20d}")
+    print(f"RESULT ops_per_step total {counter.total} composition_loss "
+          f"{counter.counts['composition, scores and losses']}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
@@ -82,6 +107,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile one full step and print its N costliest operations")
+    p.add_argument("--count_ops", action="store_true",
+                   help="count the aten operations one eager full step dispatches (forward, backward, AdamW), by "
+                        "part, instead of timing; exact and device independent: a proxy for kernel launches")
     args = p.parse_args()
 
     finetune = args.stage == 2
@@ -99,7 +127,14 @@ def main() -> None:
     model = model.to(memory_format=memory_format)
     loss_fn = RetrievalLoss(cfg).to(device)
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
-    forward = torch.compile(model) if args.compile else model
+
+    def loss_step(reference, target, tokens, lengths):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            query, targets = model(reference, target, tokens, lengths)
+            return loss_fn(model, query, targets)
+    # --compile: train.py's compiled step (forward + loss, their backward; CUDA graphs on a GPU)
+    step_fn = compile_step(loss_step, device) if args.compile else loss_step
+    cudagraphs = args.compile and device.type == "cuda"
 
     g = torch.Generator().manual_seed(0)
     reference = torch.randn(args.batch, 3, args.crop, args.crop, generator=g).to(device, memory_format=memory_format)
@@ -108,9 +143,9 @@ def main() -> None:
     lengths = torch.randint(4, TEXT_LEN + 1, (args.batch,), generator=g)
 
     def full_step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            query, targets = forward(reference, target, tokens, lengths)
-            out = loss_fn(model, query, targets)
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = step_fn(reference, target, tokens, lengths)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         optimizer.step()
@@ -137,6 +172,9 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         total.backward()
 
+    if args.count_ops:
+        count_ops(model, loss_fn, optimizer, (reference, target, tokens, lengths), device, dtype)
+        return
     step_s = timed(full_step, device, args.steps, args.warmup)
     trunk_s = timed(backbone_step, device, args.steps, args.warmup)
     encoder_s = timed(encoder_step, device, args.steps, args.warmup)

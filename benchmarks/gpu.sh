@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu.sh [OUT_DIR]      (PY=python3 to use another interpreter than .venv/bin/python)
 # 1. the batch-level crop/flip/normalise on the GPU equals the CPU's, bit for bit (tests/test_cache.py); the text
 #    encoder gives torch's packing's values; a whole training step never synchronises with the GPU (tests/test_models.py)
-# 2. the training step against the backbone alone: resnet50, 224 px, bf16, stage 1 and stage 2; stage 1 profiled
+# 2. the training step against the backbone alone: resnet50, 224 px, bf16, stage 1 and stage 2; stage 1 profiled;
+#    eager and compiled (--compile), batch 32 and 128; the op count of a step (device independent)
 # 3. bench_data: JPEG paths and the prepared cache at 0, 8 and 16 workers, batches made on the GPU
 # 4. 200-step stage-1 and stage-2 runs of synthetic FashionIQ (500x650 JPEG photos) from the cache, and stage 1
 #    from the JPEGs: images/s and the loader's wait per step (benchmarks/run_speed.py)
@@ -24,6 +25,16 @@ for stage in 1 2; do
 done
 step $PY benchmarks/bench_train.py --backbone resnet50 --crop 224 --batch 128 --stage 2 --device cuda --amp bf16 \
   --channels_last --steps 10
+# the compiled step (--compile: forward + loss + backward, CUDA graphs), stage 1 and 2 at batch 32 and 128
+for stage in 1 2; do
+  for batch in 32 128; do
+    step $PY benchmarks/bench_train.py --backbone resnet50 --crop 224 --batch $batch --stage $stage --device cuda \
+      --amp bf16 --channels_last --steps 20 --warmup 5 --compile
+  done
+done
+step $PY benchmarks/bench_train.py --backbone resnet50 --crop 224 --batch 128 --stage 1 --device cuda --amp bf16 \
+  --channels_last --steps 10
+step $PY benchmarks/bench_train.py --stage 1 --count_ops
 step $PY benchmarks/bench_data.py --device cuda --workers 0,8,16 --batches 100 --triplets 1500
 DATA=$(mktemp -d)
 step $PY -m data.synthetic --out "$DATA" --dataset fashioniq --photo 500x650 --n_images 200 --n_triplets 2200

@@ -2,14 +2,14 @@
 
 Image ids are what the annotation files use: a FashionIQ asin, a Shoes file name,
 a Fashion200k relative path. `image_path(id)` maps one to its file (or to where
-the file was expected, when it is missing).
+the file was expected, when it is missing), never to a file outside the data root.
 """
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from utils.errors import UserError
 
@@ -129,6 +129,8 @@ class DatasetFormat(ABC):
     def __init__(self, cfg):
         self.cfg = cfg
         self.root = find_dataset_folder(cfg.data_root, self.folder_name, self.name)
+        # what every image path must start with (image_path), as written: links are not followed
+        self._root_prefix = os.path.join(os.path.normpath(os.path.abspath(Path(cfg.data_root).expanduser())), "")
 
     @abstractmethod
     def train_captions(self) -> list[str]:
@@ -151,8 +153,20 @@ class DatasetFormat(ABC):
         """Where image files are looked for (named in errors)."""
 
     @abstractmethod
+    def locate_image(self, image_id: str) -> Path:
+        """The image's file in the format's layout; where it was expected when missing."""
+
     def image_path(self, image_id: str) -> Path:
-        """The image's file; where it was expected when missing."""
+        """The image's file; where it was expected when missing. An id that is an absolute path or leads out of
+        the data root (`../../outside/x`) is refused, so that an annotation file cannot make a run read any file
+        on the machine. The test is on the path as written, links not followed: a symlink the user placed inside
+        the root is theirs to place."""
+        path = self.locate_image(image_id)
+        inside = os.path.normpath(os.path.abspath(path)).startswith(self._root_prefix)
+        if not inside or os.path.isabs(image_id) or PurePosixPath(image_id).is_absolute():
+            raise UserError(f"{self.name} image id {image_id!r} (in its annotation or split files) leads outside the "
+                            f"data root {self._root_prefix.rstrip(os.sep)}: refused; fix or re-download that file")
+        return path
 
     def has_image(self, image_id: str) -> bool:
         return self.image_path(image_id).is_file()

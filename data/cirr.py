@@ -111,7 +111,7 @@ class CIRR(DatasetFormat):
     def image_folders(self) -> list[Path]:
         return [self.image_root]
 
-    def image_path(self, image_id: str) -> Path:
+    def locate_image(self, image_id: str) -> Path:
         if self._relative is None:  # every split's list, read once
             self._relative = {name: relative for split in self._listed_splits()
                               for name, relative in self._split_paths(split).items()}

@@ -190,5 +190,5 @@ class Fashion200k(DatasetFormat):
     def image_folders(self) -> list[Path]:
         return [self.root]
 
-    def image_path(self, image_id: str) -> Path:
+    def locate_image(self, image_id: str) -> Path:
         return self.root / image_id

@@ -116,5 +116,5 @@ class FashionIQ(DatasetFormat):
                             self._images[stem] = Path(entry.path)
         return self._images
 
-    def image_path(self, image_id: str) -> Path:
+    def locate_image(self, image_id: str) -> Path:
         return self._index().get(image_id) or self._folders[0] / f"{image_id}.jpg"

@@ -1,12 +1,16 @@
 """torch Datasets over a DatasetFormat, the triplet batch, and the missing-image filters."""
 from __future__ import annotations
 
+import functools
+import os
+import pickle
 import signal
+import threading
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from data.augment import crop_flip_normalize, draw_train_crop
 from data.base import DatasetFormat, EvalSplit, Triplet
@@ -107,14 +111,58 @@ def collate_images(items: list[dict]) -> dict:
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """DataLoader worker_init_fn: a worker ignores SIGINT/SIGTERM sent to the whole process group (Ctrl-C,
-    a cluster scheduler), so the main process can finish its step and save; workers still exit when the
-    main process shuts them down or dies."""
+    """DataLoader worker_init_fn: a worker ignores SIGINT and SIGTERM sent to the whole process group (Ctrl-C,
+    a cluster scheduler), so the main process can finish its step and save. A SIGTERM from the main process
+    itself (multiprocessing terminates daemon workers at exit), or any SIGTERM once it is gone, ends the
+    worker: ignoring every SIGTERM hung a run that stopped on an error, waiting at exit for its workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # no sender to tell apart (not Linux): ignore, as before
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    parent = os.getppid()
+    # blocked here, and in every thread started from now on: the watcher takes each SIGTERM with its sender
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_parents_sigterm, args=(parent,), daemon=True).start()
 
 
-def collate_triplets(items: list[dict]) -> TripletBatch:
+def _end_on_parents_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
+
+
+class LoadFailure:
+    """What a DataLoader worker hands back instead of raising (see `worker_failures`): torch would re-raise
+    the error in the main process with the worker's traceback as its message; the main process raises the
+    error itself, so the message and exit status are those of a run with --num_workers 0."""
+
+    def __init__(self, error: Exception):
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:  # an error that does not survive the trip to the main process: its text does
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+def worker_failures(getitem):
+    """Decorates a Dataset's __getitem__: in a DataLoader worker, an error is returned as a LoadFailure
+    (collate passes it on, the training loop raises it); in the main process it is raised as it is."""
+    @functools.wraps(getitem)
+    def item(self, key):
+        if get_worker_info() is None:
+            return getitem(self, key)
+        try:
+            return getitem(self, key)
+        except Exception as e:
+            return LoadFailure(e)
+    return item
+
+
+def collate_triplets(items: list[dict]) -> TripletBatch | LoadFailure:
+    failed = next((x for x in items if isinstance(x, LoadFailure)), None)
+    if failed is not None:
+        return failed
     tokens, lengths = pad_tokens([x["tokens"] for x in items])
     return TripletBatch(reference=torch.stack([x["reference"] for x in items]),
                         target=torch.stack([x["target"] for x in items]),

@@ -93,7 +93,7 @@ class Shoes(DatasetFormat):
     def image_folders(self) -> list[Path]:
         return [self.image_dir]
 
-    def image_path(self, image_id: str) -> Path:
+    def locate_image(self, image_id: str) -> Path:
         if self._images is None:  # one walk, sorted so that duplicate names resolve the same way every run
             self._images = {}
             for folder, dirs, files in os.walk(self.image_dir):

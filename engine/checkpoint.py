@@ -48,10 +48,13 @@ def previous_path(path: Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; any fault raises CheckpointError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file; name the file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    corrupt = (f"{path}: truncated or corrupt checkpoint ({{}}). Use an earlier checkpoint "
-               f"(e.g. {previous_path(path).name}).")
+    earlier = previous_path(path)  # named only when it is there: best.pt and last.prev.pt have none
+    corrupt = (f"{path}: truncated or corrupt checkpoint ({{}}). Use an earlier checkpoint"
+               + (f" (e.g. {earlier.name})." if earlier.is_file() else "."))
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index sits at the very end
         size = path.stat().st_size
         raise CheckpointError(corrupt.format(f"{size} bytes, not the complete zip archive torch.save writes"))

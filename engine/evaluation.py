@@ -20,11 +20,11 @@ from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
 from data.loaders import drop_missing_eval
 from engine.inference import Trained, build_queries, embed_images, rank_gallery
-from engine.ranking import RankResult, rank_queries, recall_at
+from engine.ranking import RankResult, check_finite, rank_queries, recall_at
 from models import ComposedQuery
 from utils.distributed import DistInfo
 from utils.errors import UserError
-from utils.io import atomic_write, atomic_write_json
+from utils.io import check_output_dir, commit, discard, file_sha256, folder_lock, stage
 from utils.logs import log
 from utils.precision import ieee_float32
 
@@ -73,7 +73,7 @@ class EvalResult:
             rows.append(f"{self.summary_metric} = {self.overall[self.summary_metric]:.2f}  (mean of {what})")
         if self.overall.get("queries_with_ties"):
             rows.append(f"{self.overall['queries_with_ties']} queries have a gallery image tied with their target "
-                        f"(counted in the target's favour)")
+                        f"(broken by gallery order, as rankings.jsonl lists them)")
         return "\n".join(rows)
 
 
@@ -149,7 +149,7 @@ def rank_subsets(model, query: ComposedQuery, s: EvalSplit, features: dict[str, 
     def score_fn(qs: slice, cs: slice) -> torch.Tensor:
         cols = table[qs, cs]
         needed, inverse = torch.unique(cols.clamp(min=0), return_inverse=True)
-        block = model.score(query[qs], {g: x[needed] for g, x in features.items()}).float()
+        block = check_finite(model.score(query[qs], {g: x[needed] for g, x in features.items()}).float(), "scores")
         return block.gather(1, inverse).masked_fill(cols < 0, float("-inf"))
 
     result = rank_queries(
@@ -261,11 +261,7 @@ def evaluate_trained(trained: Trained, checkpoint_path: str | Path, output_dir: 
     cfg = trained.cfg
     out_dir = Path(output_dir) if output_dir else Path(checkpoint_path).parent / f"eval_{cfg.split}"
     created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"{out_dir}: cannot create the output directory ({e.strerror}); "
-                              f"pass --output_dir") from None
+    check_output_dir(out_dir, "--output_dir")  # writable, before any embedding
     try:
         result = evaluate(trained.model, open_dataset(cfg), trained.vocab, cfg, cfg.split, trained.device,
                           amp_dtype=trained.amp_dtype, source=open_pixel_source(cfg))
@@ -273,9 +269,29 @@ def evaluate_trained(trained: Trained, checkpoint_path: str | Path, output_dir: 
         if created and not any(out_dir.iterdir()):  # leave nothing behind for a failed evaluation
             out_dir.rmdir()
         raise
-    metrics = {**result.to_json(str(checkpoint_path)), **(extra or {})}
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    atomic_write(out_dir / "rankings.jsonl", lambda f: f.writelines(json.dumps(r) + "\n" for r in result.rankings))
-    for name, content in result.submission.items():
-        atomic_write_json(out_dir / name, content)
+    write_outputs(out_dir, {**result.to_json(str(checkpoint_path)), **(extra or {})}, result)
     return result, out_dir
+
+
+def write_outputs(out_dir: Path, metrics: dict, result: EvalResult) -> None:
+    """metrics.json, rankings.jsonl and any submission files of one evaluation, as one unit: every file is
+    written to a temporary file first (a full disk leaves the folder as it was), then all are renamed into
+    place under a lock on the folder (two evaluations take turns, never mixing their files), metrics.json
+    last: its "files" names the sha256 of the others, so a reader can check that they belong together."""
+    files = {"rankings.jsonl": lambda f: f.writelines(json.dumps(r) + "\n" for r in result.rankings),
+             **{name: json_writer(content) for name, content in result.submission.items()}}
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in files.items():
+            staged.append((stage(out_dir / name, write), out_dir / name))
+        metrics["files"] = {path.name: {"sha256": file_sha256(tmp), "bytes": tmp.stat().st_size}
+                            for tmp, path in staged}
+        staged.append((stage(out_dir / "metrics.json", json_writer(metrics)), out_dir / "metrics.json"))
+        with folder_lock(out_dir):
+            commit(staged)
+    finally:
+        discard(staged)  # what was not renamed into place
+
+
+def json_writer(content):
+    return lambda f: f.write(json.dumps(content, indent=2) + "\n")

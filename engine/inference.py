@@ -19,7 +19,7 @@ from data.images import resize_size
 from data.loaders import ImageList, collate_images, ignore_stop_signals, pad_tokens
 from data.text import Vocabulary
 from engine.checkpoint import CheckpointError, checkpoint_vocabulary, load_checkpoint, strip_ddp_prefix
-from engine.ranking import RankResult, rank_queries
+from engine.ranking import RankResult, check_finite, rank_queries
 from models import ComposedQuery, Retriever, build_model
 from utils.distributed import DistInfo, any_rank, gather_no_grad
 from utils.errors import UserError
@@ -107,7 +107,8 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
         for grain in model.grains:
             parts[grain].append(feats[grain].float())
         kept += [offset + i for i in batch["index"]]
-    features = {g: torch.cat(x) if x else torch.zeros(0, model.embed_dim, device=device) for g, x in parts.items()}
+    features = {g: check_finite(torch.cat(x), f"{g} image embeddings") if x else
+                torch.zeros(0, model.embed_dim, device=device) for g, x in parts.items()}
     if dist_info.enabled:
         if any_rank(bool(errors), device):
             raise UserError("unreadable image files: " + ("; ".join(m for _, m in errors[:3]) or "on another rank")
@@ -148,9 +149,11 @@ def rank_gallery(model, query: ComposedQuery, gallery: dict[str, torch.Tensor], 
                  references: list[int], topk: int = 50, query_chunk: int = 1024, gallery_chunk: int = 8192,
                  progress: bool = False) -> RankResult:
     """Rank every query against the gallery (grain -> (G, d)) with the model's matmul scoring;
-    engine.ranking states the rules (ties, the excluded reference, several targets)."""
+    engine.ranking states the rules (ties, the excluded reference, several targets). Non-finite scores raise
+    engine.ranking.NonFiniteScores: they are never ranked."""
     n_gallery = len(next(iter(gallery.values())))
     return rank_queries(
-        lambda qs, gs: model.score(query[qs], {g: x[gs] for g, x in gallery.items()}).float(),
+        lambda qs, gs: check_finite(model.score(query[qs], {g: x[gs] for g, x in gallery.items()}).float(),
+                                    "scores"),
         n_queries=len(query), n_gallery=n_gallery, targets=targets, references=references, topk=topk,
         query_chunk=query_chunk, gallery_chunk=gallery_chunk, progress=progress)

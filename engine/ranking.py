@@ -3,17 +3,22 @@
 `rank_queries` scores the queries against the gallery one block (query chunk x gallery chunk)
 at a time, so memory is bounded by query_chunk x gallery_chunk, never queries x gallery.
 
-A query's rank is the number of gallery items scoring strictly higher than its best correct
-target, its reference image excluded; a tie with the target does not count against it, and
-rank 0 is a hit at R@1 (the ARTEMIS release leaves ties to its sort order; `ties` counts, per
-query, the other gallery items scoring exactly the target's score, so a reader can see whether
-the rule matters). Conventions:
+The gallery order of a query is by score, best first, equal scores in gallery order (lower index
+first), its reference image left out: the order of the top-k lists (rankings.jsonl), as a stable
+sort gives it. A query's rank is the position in that order of its first correct target, so R@K
+is exactly "a target is among the first K of the list" and a tie never lifts a model (the
+published scripts sort, which breaks a tie by list order too; the rule before this one counted
+every tie in the target's favour, which gave a collapsed model with all scores equal R@1 ~ 75).
+`ties` counts, per query, the other gallery items scoring exactly the target's score, so a reader
+can see whether ties matter. Conventions:
 - references[i] == -1: the reference is not in the gallery (nothing is excluded).
 - targets[i] may list several correct gallery indices (Fashion200k). Negative entries and the
   reference itself are ignored; a query left with no correct target in the gallery is a miss:
   rank = n_gallery, counted by no R@K with K <= n_gallery (larger K are degenerate anyway:
   every query with a target is then a hit).
-- Scores are assumed finite.
+- Scores must be finite: a NaN compares false with everything and would rank every target first.
+  rank_queries refuses a NaN; the callers (engine.inference.rank_gallery, the CIRR subsets) check
+  the model's scores with `check_finite` before anything is ranked.
 
 Design. Counting "strictly higher" needs each query's best target score before its gallery
 pass, and score_fn only scores slices. Two exact ways to get it (`target_scoring`):
@@ -27,13 +32,31 @@ pass, and score_fn only scores slices. Two exact ways to get it (`target_scoring
 A 1x1 score may round differently from the same pair inside a block, so the count skips the
 query's own target columns (in exact arithmetic none scores above the best one): a target
 never counts against itself.
-Top-k: each block gives its top k+1 (room for the excluded reference), merged with the running
-top k by torch.topk on the concatenation.
+Top-k: each block gives its top k+1 (room for the excluded reference), equal scores in gallery
+order (torch.topk leaves their order open: a row whose cut-off score is shared beyond the cut is
+sorted stably instead), merged with the running top k in the same order.
 """
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
+
+from utils.errors import UserError
+
+
+class NonFiniteScores(UserError):
+    """The model gave NaN or infinite embeddings or scores: its weights are broken, nothing can be ranked."""
+
+
+def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """`x` itself; a NonFiniteScores naming `what` when any value is NaN or infinite."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise NonFiniteScores(
+            f"{bad} of {x.numel()} {what} are NaN or infinite: the model's weights are broken (a diverged "
+            f"update, e.g. a too large --lr), so nothing can be ranked and no figure is reported. Use an earlier "
+            f"checkpoint, or train again with a lower --lr")
+    return x
 
 
 @dataclass
@@ -41,7 +64,7 @@ class RankResult:
     ranks: torch.Tensor  # (Q,) long: gallery items scoring strictly higher than the best target
     topk_index: torch.Tensor  # (Q, k) long: gallery indices, best first, reference excluded
     topk_score: torch.Tensor  # (Q, k)
-    ties: torch.Tensor  # (Q,) long: other gallery items scoring exactly the best target's score (not counted in ranks)
+    ties: torch.Tensor  # (Q,) long: other gallery items scoring exactly the best target's score
 
 
 def _chunks(n, size):
@@ -92,26 +115,36 @@ class _Chunk:
         return (self.cols >= gs.start) & (self.cols < gs.stop)
 
 
-def _best_target_scores(score_fn, chunk: _Chunk, g_chunks, mode: str, dtype, device):
-    """(each query's best target score, (gallery slice, block) kept from the target pass or None)."""
+def _best_target_scores(score_fn, chunk: _Chunk, g_chunks, mode: str, dtype, device, n_gallery: int):
+    """(each query's best target score, the first gallery column of a target with that score (n_gallery for
+    none), (gallery slice, block) kept from the target pass or None)."""
     qs = chunk.queries
-    best = torch.full((qs.stop - qs.start,), float("-inf"), dtype=dtype, device=device)
+    nq = qs.stop - qs.start
+    best = torch.full((nq,), float("-inf"), dtype=dtype, device=device)
     block = cached = None
+    rows, cols, values = chunk.rows[:0], chunk.cols[:0], best[:0]
     if mode == "pass":
+        found = []
         for gs in g_chunks:
             sel = chunk.is_target & chunk.in_block(gs)
             if sel.any():
                 block = cached = None  # release the previous block before scoring the next
                 block = score_fn(qs, gs)
-                r = chunk.rows[sel]
-                best.scatter_reduce_(0, r, block[r, chunk.cols[sel] - gs.start], "amax")
+                r, c = chunk.rows[sel], chunk.cols[sel]
+                found.append((r, c, block[r, c - gs.start].to(dtype)))
                 cached = (gs, block)
+        if found:
+            rows, cols, values = (torch.cat(x) for x in zip(*found))
     elif chunk.n_targets:
         n = chunk.n_targets
-        scores = [score_fn(slice(qs.start + r, qs.start + r + 1), slice(c, c + 1)).reshape(())
-                  for r, c in zip(chunk.rows[:n].tolist(), chunk.cols[:n].tolist())]
-        best.scatter_reduce_(0, chunk.rows[:n], torch.stack(scores).to(dtype), "amax")
-    return best, cached
+        rows, cols = chunk.rows[:n], chunk.cols[:n]
+        values = torch.stack([score_fn(slice(qs.start + r, qs.start + r + 1), slice(c, c + 1)).reshape(())
+                              for r, c in zip(rows.tolist(), cols.tolist())]).to(dtype)
+    best.scatter_reduce_(0, rows, values, "amax")
+    first = torch.full((nq,), n_gallery, dtype=torch.long, device=device)
+    at_best = values == best[rows]
+    first.scatter_reduce_(0, rows[at_best], cols[at_best], "amin")
+    return best, first, cached
 
 
 @torch.inference_mode()
@@ -144,10 +177,11 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
     above = None  # (query chunk, gallery chunk) float32 buffer for the "scores above best" count
     for qs in tqdm(_chunks(n_queries, query_chunk), desc="ranking", disable=not progress):
         chunk = _Chunk.build(qs, correct, references, device)
-        best, cached = _best_target_scores(score_fn, chunk, g_chunks, mode, dtype, device)
+        best, first, cached = _best_target_scores(score_fn, chunk, g_chunks, mode, dtype, device, n_gallery)
         nq = qs.stop - qs.start
-        count = torch.zeros(nq, dtype=torch.long, device=device)
-        tied = torch.zeros(nq, dtype=torch.long, device=device)
+        count = torch.zeros(nq, dtype=torch.long, device=device)   # items scoring above the best target
+        tied = torch.zeros(nq, dtype=torch.long, device=device)    # items scoring the same
+        before = torch.zeros(nq, dtype=torch.long, device=device)  # ... and listed before its first target
         run_score = torch.empty(nq, 0, dtype=dtype, device=device)
         run_index = torch.empty(nq, 0, dtype=torch.long, device=device)
         # Each block is released before the next is scored, so that the allocator can hand its
@@ -164,32 +198,69 @@ def rank_queries(score_fn, n_queries, n_gallery, targets, references, topk=50,
             # exact in float32 (chunks have at most 2^24 columns).
             if above is None or above.shape != block.shape:
                 above = torch.empty(block.shape, dtype=torch.float32, device=device)
-            count += torch.gt(block, best[:, None], out=above).sum(1).long()
-            tied += torch.eq(block, best[:, None], out=above).sum(1).long()
             sel = chunk.in_block(gs)
-            r = chunk.rows[sel]
-            own = block[r, chunk.cols[sel] - gs.start]
+            r, c = chunk.rows[sel], chunk.cols[sel]
+            own = block[r, c - gs.start]  # the query's own targets and reference never count
+            same = own == best[r]
+            count += torch.gt(block, best[:, None], out=above).sum(1).long()
             count.scatter_add_(0, r, -(own > best[r]).long())
-            tied.scatter_add_(0, r, -(own == best[r]).long())
+            n_tied = torch.eq(block, best[:, None], out=above).sum(1).long()
+            n_tied.scatter_add_(0, r, -same.long())
+            tied += n_tied
+            # Which tied items come before the first target in gallery order: read only the rows that have
+            # one (few, but for a collapsed model), with their own columns taken out again.
+            with_ties = n_tied.nonzero().squeeze(1)
+            if len(with_ties):
+                columns = torch.arange(gs.start, gs.stop, device=device)
+                earlier = columns[None, :] < first[with_ties, None]
+                before.index_add_(0, with_ties, (above[with_ties] * earlier).sum(1).long())
+                read = torch.zeros(nq, dtype=torch.bool, device=device)
+                read[with_ties] = True
+                before.scatter_add_(0, r, -(same & (c < first[r]) & read[r]).long())
             if k:
                 run_score, run_index = _merge_topk(block, gs, chunk.ref_col, k, run_score, run_index)
+            # a NaN compares false with everything: it would rank every target first. torch.topk takes NaN
+            # for the largest value, so the running top k shows one; without a top k the block is read
+            if torch.isnan(run_score if k else block).any():
+                raise NonFiniteScores("the scores hold NaN: nothing can be ranked (see engine.ranking)")
         block = None
         has_target = torch.tensor([len(correct[i]) > 0 for i in range(qs.start, qs.stop)], device=device)
-        ranks.append(torch.where(has_target, count, n_gallery).cpu())
+        ranks.append(torch.where(has_target, count + before, n_gallery).cpu())
         ties.append(torch.where(has_target, tied, 0).cpu())
         top_index.append(run_index.cpu())
         top_score.append(run_score.cpu())
     return RankResult(torch.cat(ranks), torch.cat(top_index), torch.cat(top_score), torch.cat(ties))
 
 
+def _in_order(score, index):
+    """Each row's (score, index) pairs by score, best first, equal scores by index (a stable sort)."""
+    index, by_index = index.sort(dim=1, stable=True)
+    score, by_score = score.gather(1, by_index).sort(dim=1, descending=True, stable=True)
+    return score, index.gather(1, by_score)
+
+
+def _block_topk(block, m: int):
+    """Each row's first m (score, column) in gallery order: torch.topk, but for the rows whose m-th score
+    is shared beyond the cut (topk then picks among the tied columns freely), which are sorted stably."""
+    if m >= block.shape[1]:
+        return block.sort(dim=1, descending=True, stable=True)
+    score, index = block.topk(m + 1, dim=1)
+    cut = score[:, m - 1] == score[:, m]
+    score, index = score[:, :m], index[:, :m]
+    if cut.any():
+        rows = cut.nonzero().squeeze(1)
+        s, i = block[rows].sort(dim=1, descending=True, stable=True)
+        score[rows], index[rows] = s[:, :m], i[:, :m]
+    return score, index
+
+
 def _merge_topk(block, gs: slice, ref_col, k: int, run_score, run_index):
-    """The running top k merged with the block's top k+1 (room for the excluded reference)."""
-    score, index = block.topk(min(k + 1, block.shape[1]), dim=1)
-    index += gs.start
+    """The running top k merged with the block's top k+1 (room for the excluded reference), in gallery order."""
+    score, index = _block_topk(block, min(k + 1, block.shape[1]))
+    index = index + gs.start
     score = score.masked_fill(index == ref_col, float("-inf"))
-    merged = torch.cat([run_score, score], 1)
-    run_score, j = merged.topk(min(k, merged.shape[1]), dim=1)
-    return run_score, torch.cat([run_index, index], 1).gather(1, j)
+    score, index = _in_order(torch.cat([run_score, score], 1), torch.cat([run_index, index], 1))
+    return score[:, :k], index[:, :k]
 
 
 def recall_at(ranks, ks=(1, 10, 50)):

@@ -7,6 +7,7 @@ and train_log.jsonl.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from dataclasses import replace
@@ -30,9 +31,11 @@ STAGE_FILES = ("last.pt", "best.pt", "train_log.jsonl")  # a stage folder holdin
 REPEAT_SIGNAL_WINDOW_S = 5.0
 
 
-def find_resume(stage_folder: Path) -> Path | None:
+def find_resume(stage_folder: Path, move_damaged: bool = True) -> Path | None:
     """The newest loadable checkpoint of a stage, falling back to the previous one when last.pt is damaged.
 
+    A damaged last.pt is moved aside (to last.damaged-<date-time>.pt, kept for inspection; on the main
+    process, `move_damaged`), so that the next save cannot rotate it over the good last.prev.pt.
     None when the stage has no checkpoint yet; CheckpointError when every checkpoint there is damaged."""
     last = stage_folder / "last.pt"
     damaged = []
@@ -47,6 +50,10 @@ def find_resume(stage_folder: Path) -> Path | None:
             if candidate != last:
                 log.warning(f"--resume auto: {last.name} is {'damaged' if damaged else 'missing'}; "
                             f"falling back to the previous checkpoint {candidate}")
+            if damaged and move_damaged:
+                aside = last.with_name(f"last.damaged-{time.strftime('%Y%m%d-%H%M%S')}.pt")
+                last.rename(aside)
+                log.warning(f"--resume auto: moved the damaged {last.name} to {aside} (kept for inspection)")
             return candidate
     if damaged:
         raise CheckpointError(f"--resume auto: no loadable checkpoint in {stage_folder} "
@@ -59,6 +66,7 @@ def find_resume(stage_folder: Path) -> Path | None:
 def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
     """Run the stage(s) `cfg` asks for; returns the run folder. `validation_hook` is called after
     each validation on the main process (train.py adds the retrieval figure to TensorBoard with it)."""
+    check_negatives(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     dist_info = init_distributed(pick_device(cfg.device).type)
     run_dir = Path(cfg.output_dir) / cfg.exp_name
     stages = plan_stages(cfg, run_dir)
@@ -85,10 +93,24 @@ def train(cfg: Config, validation_hook: ValidationHook | None = None) -> Path:
     return run_dir
 
 
+def check_negatives(cfg: Config, world_size: int) -> None:
+    """The in-batch contrastive loss needs a negative for every query: a batch of one triplet gives every
+    retrieval loss exactly 0 and trains nothing. Under torchrun the negatives are the global batch
+    (--gather_negatives) or the process's own (--no-gather_negatives)."""
+    gathered = cfg.gather_negatives and world_size > 1
+    per_loss = cfg.batch_size * (world_size if gathered else 1)
+    if per_loss < 2:
+        where = "per process " if world_size > 1 else ""
+        raise UserError(f"--batch_size {cfg.batch_size}: a batch of one triplet {where}has no in-batch negative, so "
+                        f"every retrieval loss is exactly 0 and nothing is learned; use --batch_size 2 or more"
+                        + (" (or --gather_negatives to share negatives across processes)" if world_size > 1 else ""))
+
+
 def take_run_folder(cfg: Config, run_dir: Path, stages: list[Stage], dist_info: DistInfo) -> RunLock | None:
     """Rank 0 locks the run folder and checks that the run may go there; under torchrun every rank stops
     when rank 0 refuses. Returns rank 0's lock (None on the other ranks)."""
-    lock = RunLock(run_dir) if dist_info.is_main else None
+    # its DataLoader workers only read: the lock dies with this process, so a killed run resumes at once
+    lock = RunLock(run_dir, children_hold=False) if dist_info.is_main else None
     refused = None
     if lock is not None:
         try:
@@ -143,7 +165,7 @@ def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, wri
         return
     resume_from = None
     if cfg.resume == "auto":
-        resume_from = find_resume(stage.folder)
+        resume_from = find_resume(stage.folder, dist_info.is_main)
     elif cfg.resume:  # a PATH resumes its own stage: earlier stages are done, later ones start afresh
         saved_stage = load_checkpoint(cfg.resume).get("stage", stage.number)
         if saved_stage > stage.number:
@@ -170,6 +192,8 @@ def run_stage(cfg: Config, stage: Stage, dist_info: DistInfo, run_dir: Path, wri
                         f"plus --resume auto, or `python train.py --output_dir {cfg.output_dir} --exp_name "
                         f"{cfg.exp_name} --resume auto` (the other settings are read from {run_dir / 'config.json'})")
             raise SystemExit(130) from None
+        finally:
+            trainer.stop_workers()
     if stage.number == 2 and not (stage.folder / "best.pt").exists() and (run_dir / "stage1" / "best.pt").is_file():
         # the carried-over best score was never beaten: the run's best model is stage 1's
         best = run_dir / "stage1" / "best.pt"

@@ -20,12 +20,19 @@ from tqdm import tqdm
 from config import Config, saved_setting
 from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
-from data.loaders import TripletImages, collate_triplets, drop_missing, ignore_stop_signals
+from data.loaders import (
+    LoadFailure,
+    TripletImages,
+    collate_triplets,
+    drop_missing,
+    ignore_stop_signals,
+    worker_failures,
+)
 from data.text import Vocabulary, load_vocabulary, vocabulary_path
 from engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state, strip_ddp_prefix, vocab_state
 from engine.evaluation import EvalResult, evaluate
 from engine.sampler import ResumableSampler
-from losses import RetrievalLoss
+from losses import LossOutput, RetrievalLoss
 from models import build_model, map_tensors
 from utils.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_with_grad
 from utils.errors import UserError
@@ -39,6 +46,15 @@ ValidationHook = Callable[[object, str, int, "Trainer"], None]
 
 UNKNOWN_WORDS_WARNING = 0.05  # share of caption words outside the vocabulary above which training warns
 TIMINGS = ("step_ms", "load_wait_ms")  # train_log.jsonl columns that are timings, not loss parts
+
+
+def compile_step(loss_step: Callable, device: torch.device, backend: str = "inductor") -> Callable:
+    """torch.compile of the model's forward with the loss (AOTAutograd compiles their backward with them).
+    On CUDA, mode "reduce-overhead" replays the step as CUDA graphs: every step has the same shapes, since the
+    loader drops the last, smaller batch of an epoch (drop_last=True). Where torch cannot trace (the text
+    encoder's packed GRU), the graph breaks and that piece runs eagerly."""
+    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+    return torch.compile(loss_step, backend=backend, mode=mode)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -77,6 +93,7 @@ class EpochTriplets(Dataset):
     def item_seed(self, epoch: int, index: int) -> int:
         return (self.seed * 1_000_003 + epoch) * 10_000_019 + index
 
+    @worker_failures
     def __getitem__(self, key):
         epoch, index = key
         items = self._items_for(epoch)
@@ -193,7 +210,8 @@ class Trainer:
         if self.dist.enabled:
             forward = torch.nn.parallel.DistributedDataParallel(
                 forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.forward = torch.compile(forward) if cfg.compile else forward
+        self.forward = forward
+        self.loss_step = compile_step(self._loss_step, self.device) if cfg.compile else self._loss_step
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -259,13 +277,22 @@ class Trainer:
         if self.cfg.channels_last:
             reference = reference.contiguous(memory_format=torch.channels_last)
             target = target.contiguous(memory_format=torch.channels_last)
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are read by now
+        return self.loss_step(reference, target, batch.tokens, batch.lengths)
+
+    def _loss_step(self, reference, target, tokens, lengths) -> LossOutput:
+        """Model forward and loss: what --compile compiles (its backward with it)."""
         with autocast(self.device, self.amp_dtype):
-            query, target = self.forward(reference, target, batch.tokens, batch.lengths)
+            query, target = self.forward(reference, target, tokens, lengths)
             if self.dist.enabled and self.cfg.gather_negatives:
                 query = map_tensors(query, gather_with_grad)
                 target = {g: gather_with_grad(x) for g, x in target.items()}
-            out = self.loss_fn(self.model, query, target)
-        return out
+            return self.loss_fn(self.model, query, target)
+
+    @property
+    def cudagraphs(self) -> bool:
+        return self.cfg.compile and self.device.type == "cuda"
 
     def optimize(self, out) -> None:
         """Backward and update, or skip the batch when its loss is not finite and --skip_nonfinite asks to."""
@@ -341,6 +368,13 @@ class Trainer:
             log.warning(f"stage {self.stage.number}: {self.skipped} batch(es) skipped for a non-finite loss "
                         f"(--skip_nonfinite; marked \"skipped\" in {self.stage.folder / 'train_log.jsonl'})")
 
+    def stop_workers(self) -> None:
+        """End the persistent DataLoader workers now: the loader keeps its iterator, and with it the workers,
+        alive; left to the interpreter's exit, they are terminated and reported as "exited unexpectedly"."""
+        iterator, self.loader._iterator = self.loader._iterator, None
+        if iterator is not None:
+            iterator._shutdown_workers()
+
     def at_max_steps(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
 
@@ -354,6 +388,8 @@ class Trainer:
         t0, seen = time.perf_counter(), 0
         step_end = last_flush = time.perf_counter()
         for batch in bar:
+            if isinstance(batch, LoadFailure):  # a worker's error: raised as with --num_workers 0
+                raise batch.error
             step_start = time.perf_counter()
             out = self.train_step(batch)
             self.optimize(out)
@@ -362,6 +398,8 @@ class Trainer:
             seen += batch.reference.shape[0] * self.dist.world_size
             parts = {"total": out.total.detach(), **{k: v.detach() for k, v in out.parts.items()},
                      "temperature": self.model.log_temperature.detach().exp()}
+            if self.cudagraphs:  # CUDA graphs reuse their output memory at the next step: keep copies to log
+                parts = {k: v.clone() for k, v in parts.items()}
             pending.append(PendingStep(self.step, self.epoch, parts, self.optimizer.param_groups[0]["lr"],
                                        load_wait_ms=1e3 * (step_start - step_end)))
             at_save = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
@@ -413,9 +451,14 @@ class Trainer:
         return result
 
     def end_of_epoch(self) -> None:
+        broken = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:  # never saved, never best: last.pt keeps the previous epoch's weights
+            raise UserError(f"after step {self.step} the weights hold NaN or infinite values ({', '.join(broken[:3])}"
+                            f"{' ...' if len(broken) > 3 else ''}): the training diverged, so this epoch is neither "
+                            f"validated nor saved. Resume from last.pt with a lower --lr")
         if self.cfg.validate:
             score = self.validate().score
-            improved = score > self.best_score
+            improved = math.isfinite(score) and score > self.best_score
             if improved:
                 self.best_score = score
         else:

@@ -397,6 +397,17 @@ def run_all(runs: list[Run], out: Path, jobs: int, order: list[str], command: st
 
 # ----------------------------------------------------------------------------- command line
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """--out, --jobs and --dry_run: how a set of runs is executed (this tool's and experiments.select's)."""
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="Output folder: runs/<variant>_seed<seed>/, results.jsonl, results.md, results.png.")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="Runs at once (default: 1). With more than one, each gets cores/jobs OpenMP threads "
+                             "unless OMP_NUM_THREADS is set.")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="Print the commands of the runs it would start, then exit.")
+
+
 def build_cli() -> argparse.ArgumentParser:
     """This tool's flags, then every train.py flag (from the config), in one parser."""
     own = argparse.ArgumentParser(add_help=False)
@@ -407,13 +418,7 @@ def build_cli() -> argparse.ArgumentParser:
                           "the reference of the paired differences.")
     own.add_argument("--seeds", default="0", metavar="S[,S...]",
                      help="Comma-separated seeds; each variant runs once per seed (default: 0).")
-    own.add_argument("--out", required=True, type=Path, metavar="DIR",
-                     help="Output folder: runs/<variant>_seed<seed>/, results.jsonl, results.md, results.png.")
-    own.add_argument("--jobs", type=int, default=1, metavar="N",
-                     help="Runs at once (default: 1). With more than one, each gets cores/jobs OpenMP threads "
-                          "unless OMP_NUM_THREADS is set.")
-    own.add_argument("--dry_run", action="store_true",
-                     help="Print the commands of the runs it would start, then exit.")
+    add_run_flags(own)
     train = build_parser(",".join(sorted(TRAIN_GROUPS)), "")
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, parents=[own, train], add_help=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -441,25 +446,35 @@ def main(argv: list[str] | None = None) -> int:
     """The command; a mistake in its input is a UserError, raised before anything trains."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_cli().parse_args(argv)
+    shared = shared_flags(args)
+    variants = [parse_variant(spec) for spec in split_variants(args.variants)]
+    runs = plan(variants, parse_seeds(args.seeds), shared, args.out)
+    if args.dry_run:
+        show_plan(runs, args.out)
+        return 0
+    check_ready(shared, args.out)
+    stop_on_signals()
+    return run_all(runs, args.out, args.jobs, [v.spec for v in variants], shlex.join([*PROG.split(), *argv]))
+
+
+def shared_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The train.py flags given on the command line, for every run; refuses those set per run and a bad --jobs."""
     shared = given_flags(args)
     refused = [k for k in shared if k in PER_RUN]
     if refused:
         raise UserError(f"--{refused[0]} is set per run by this tool; use {PER_RUN[refused[0]]} instead")
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: must be at least 1")
-    variants = [parse_variant(spec) for spec in split_variants(args.variants)]
-    runs = plan(variants, parse_seeds(args.seeds), shared, args.out)
-    if args.dry_run:
-        show_plan(runs, args.out)
-        return 0
+    return shared
+
+
+def check_ready(shared: dict[str, Any], out: Path) -> None:
+    """Before anything trains: the vocabulary exists and --out is a folder we may write."""
     cfg = resolve(shared)
     if not vocabulary_path(cfg).is_file():
         raise UserError(f"{vocabulary_path(cfg)}: no vocabulary; build it first with `python vocab.py --dataset "
                         f"{cfg.dataset} --data_root {cfg.data_root} --vocab_dir {cfg.vocab_dir}`")
-    check_output_dir(args.out, "--out")
-    command = shlex.join([*PROG.split(), *argv])
-    stop_on_signals()
-    return run_all(runs, args.out, args.jobs, [v.spec for v in variants], command)
+    check_output_dir(out, "--out")
 
 
 def stop_on_signals() -> None:

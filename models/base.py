@@ -65,6 +65,11 @@ def l2(x: Tensor) -> Tensor:
     return F.normalize(x, dim=-1)
 
 
+def stack_grains(per_grain: dict[str, Tensor], grains) -> Tensor:
+    """(K, N, d) from grain -> (N, d), in the order of `grains`."""
+    return torch.stack([per_grain[g] for g in grains])
+
+
 class Retriever(nn.Module):
     """Image and text encoders, the learnable temperature, freezing; variants add composition and scoring."""
 
@@ -101,8 +106,8 @@ class Retriever(nn.Module):
         else:
             features = self.encode_images(torch.cat([reference_images, target_images]))
             n = reference_images.shape[0]
-            reference = {g: x[:n] for g, x in features.items()}
-            target = {g: x[n:] for g, x in features.items()}
+            halves = {g: x.split([n, x.shape[0] - n]) for g, x in features.items()}  # one op per grain
+            reference, target = {g: h[0] for g, h in halves.items()}, {g: h[1] for g, h in halves.items()}
         return self.compose(reference, self.encode_texts(tokens, lengths)), target
 
     # --- composition and scoring (variants) ---------------------------------------------------------
@@ -112,6 +117,11 @@ class Retriever(nn.Module):
     def score_per_grain(self, query: ComposedQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """grain -> (Q, G) scores."""
         raise NotImplementedError
+
+    def grain_scores(self, query: ComposedQuery, targets: Tensor) -> Tensor:
+        """(K, Q, G) scores of every grain (self.grains order) for targets stacked (K, G, d) (stack_grains):
+        what the loss reads. Variants that batch their grains compute it in one go."""
+        return torch.stack(list(self.score_per_grain(query, dict(zip(self.grains, targets.unbind(0)))).values()))
 
     def score(self, query: ComposedQuery, targets: dict[str, Tensor]) -> Tensor:
         """(Q, G) retrieval score S = sum over the model's grains."""

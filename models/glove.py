@@ -48,7 +48,15 @@ def _read_text(path: Path, words: list[str]) -> tuple[Tensor, Tensor]:
             values = line.rstrip().split(" ")
             if len(values) != dim + 1:  # an entry whose "word" holds spaces, e.g. '. . .'
                 continue
-            vectors[i] = torch.tensor([float(v) for v in values[1:]])
+            try:
+                vector = torch.tensor([float(v) for v in values[1:]])
+            except ValueError as e:
+                raise ValueError(f"{path}:{line_number}: the vector of {word!r} is not numbers ({e}); "
+                                 f"re-download the GloVe file") from None
+            if not torch.isfinite(vector).all():
+                raise ValueError(f"{path}:{line_number}: the vector of {word!r} holds NaN or infinite values; "
+                                 f"re-download the GloVe file") from None
+            vectors[i] = vector
             found[i] = True
     if vectors is None:
         raise ValueError(f"{path}: empty GloVe file")

@@ -26,6 +26,7 @@ from engine.evaluation import evaluate
 from engine.trainer import EpochTriplets
 from models import build_model
 from tests.helpers import dataset_config, one_thread
+from tools.data_commands import prepare_main
 
 FORMATS = ("fashioniq", "shoes", "fashion200k", "cirr")
 CROP = 32  # prepared size resize_size(32) = 37
@@ -47,7 +48,7 @@ def prepared_copy(photo_root, tmp_path, *flags):
     root = tmp_path / "data"
     shutil.copytree(photo_root, root, copy_function=shutil.copy2)  # copy2 keeps mtimes: the cache stays current
     for dataset in FORMATS:
-        assert prepare.main(["--dataset", dataset, "--data_root", str(root), "--crop_size", str(CROP),
+        assert prepare_main(["--dataset", dataset, "--data_root", str(root), "--crop_size", str(CROP),
                              "--workers", "0", *flags]) == 0
     return root
 
@@ -141,7 +142,7 @@ def test_interrupted_prepare_continues_where_it_stopped(photo_root, tmp_path, mo
 
     monkeypatch.setattr(prepare, "CHUNK", 4)
     monkeypatch.setattr(prepare, "write_rows", dies_on_third_chunk)
-    assert prepare.main(args) == 130  # Ctrl-C: exit 130, what was written stays
+    assert prepare_main(args) == 130  # Ctrl-C: exit 130, what was written stays
 
     # a run meanwhile reads the 8 written rows from the cache and every other image from its file
     cfg = dataset_config(root, "fashioniq", crop_size=CROP)
@@ -154,7 +155,7 @@ def test_interrupted_prepare_continues_where_it_stopped(photo_root, tmp_path, mo
 
     monkeypatch.setattr(prepare, "write_rows", write_rows)
     capsys.readouterr()
-    assert prepare.main(args) == 0
+    assert prepare_main(args) == 0
     assert "train: 8 of" in capsys.readouterr().err  # the progress bar starts after the rows already written
     fresh = cache_files(complete)
     assert {k: v for k, v in cache_files(root).items() if k.startswith("fashioniq")} == \
@@ -175,7 +176,7 @@ def test_changed_missing_and_unreadable_images(photo_root, tmp_path, capsys):
     missing.unlink()
     broken.write_bytes(b"not a jpeg")
     capsys.readouterr()
-    status = prepare.main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP),
+    status = prepare_main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP),
                            "--workers", "0"])
     out = capsys.readouterr().out
     assert status == 1 and "2 image(s) missing or unreadable" in out
@@ -297,14 +298,14 @@ def test_two_prepares_of_one_cache_do_not_mix_their_rows(photo_root, tmp_path, c
     held = RunLock(root / "cache" / f"shoes-{resize_size(CROP)}", "pass another --out")
     held.acquire()  # another process is writing this cache
     try:
-        assert prepare.main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP)]) == 2
+        assert prepare_main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP)]) == 2
         assert "is in use by" in capsys.readouterr().err and not list((root / "cache").glob("*.npy"))
     finally:
         held.release()
-    assert prepare.main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP),
+    assert prepare_main(["--dataset", "shoes", "--data_root", str(root), "--crop_size", str(CROP),
                          "--workers", "0"]) == 0
 
 
 def test_prepare_with_a_wrong_data_root_creates_nothing(tmp_path, capsys):
-    assert prepare.main(["--dataset", "fashioniq", "--data_root", str(tmp_path / "nowhere")]) == 2
+    assert prepare_main(["--dataset", "fashioniq", "--data_root", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()

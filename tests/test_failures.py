@@ -292,7 +292,7 @@ def second_entry(**changes):
 ], ids=["captions-null", "captions-numbers", "captions-one-string", "captions-missing", "entry-null",
         "dict-not-list", "target-null"])
 def test_07_annotation_of_the_wrong_shape(tmp_path, capsys, document, expected):
-    from data import check
+    from tools.data_commands import check_main
     write_fashioniq(tmp_path, annotations=document)
     path = tmp_path / "fashionIQ" / "annotations" / "captions" / "cap.dress.train.json"
     fmt = open_dataset(Config(dataset="fashioniq", data_root=str(tmp_path), categories="dress"))
@@ -300,7 +300,7 @@ def test_07_annotation_of_the_wrong_shape(tmp_path, capsys, document, expected):
         fmt.train_triplets()
     assert str(error.value).startswith(str(path)) and expected in str(error.value)
     capsys.readouterr()
-    code = check.main(["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress"])
+    code = check_main(["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress"])
     line = error_line(code, capsys.readouterr().err)
     assert str(path) in line and expected in line
 
@@ -311,7 +311,7 @@ def test_07_annotation_of_the_wrong_shape(tmp_path, capsys, document, expected):
     ("retrieve.py", ["index", "--ckpt", "{missing}", "--images", "{images}", "--out", "{folder}"],
      "--out {folder}: is a folder"),
     ("visualize.py", ["retrievals", "--ckpt", "{missing}", "--out", "{folder}"], "--out {folder}: is a folder"),
-    ("data/check.py", ["--dataset", "fashioniq", "--data_root", "{nodata}", "--write_missing", "{folder}"],
+    ("data/check", ["--dataset", "fashioniq", "--data_root", "{nodata}", "--write_missing", "{folder}"],
      "--write_missing {folder}: is a folder"),
     ("vocab.py", ["--dataset", "fashioniq", "--data_root", "{nodata}", "--vocab_dir", "{file}"],
      "--vocab_dir {file}: is a file, not a folder"),
@@ -497,14 +497,14 @@ def test_13_exif_orientation_upright_for_user_images_only(tmp_path, orientation,
 
 
 def test_13_data_check_counts_rotated_images(tiny_root, tmp_path, capsys):
-    from data import check
+    from tools.data_commands import check_main
     root = copy_dataset(tiny_root, tmp_path)
     victim = sorted((root / "fashionIQ" / "img").iterdir())[0]
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
     with Image.open(victim) as image:
         image.convert("RGB").save(victim, format="JPEG", exif=exif.tobytes())
-    assert check.main(["--dataset", "fashioniq", "--data_root", str(root)]) == 0
+    assert check_main(["--dataset", "fashioniq", "--data_root", str(root)]) == 0
     assert "0 missing, 0 unreadable; 1 carry an EXIF rotation" in capsys.readouterr().out
 
 
@@ -547,12 +547,12 @@ def test_14_interrupted_evaluation(ckpt, tiny_root, tmp_path, signum):
 
 
 def test_14_data_check_status_when_images_are_missing(tmp_path, capsys):
-    from data import check
+    from tools.data_commands import check_main
     write_fashioniq(tmp_path)   # annotations only: every image is missing
     argv = ["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress"]
-    assert check.main(argv) == 1
+    assert check_main(argv) == 1
     captured = capsys.readouterr()
     assert "4 images: 4 missing, 0 unreadable" in captured.out
     assert "4 image(s) missing or unreadable: exit status 1 (--allow_missing: 0)" in captured.err
-    assert check.main([*argv, "--allow_missing"]) == 0
+    assert check_main([*argv, "--allow_missing"]) == 0
 

@@ -6,7 +6,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from config import Config
-from data import check
 from data.cache import PixelSource
 from data.formats import open_dataset
 from data.images import eval_transform, load_image, resize_size, train_transform
@@ -21,6 +20,7 @@ from data.loaders import (
 )
 from data.text import Vocabulary
 from tests.helpers import write_fashion200k, write_fashioniq, write_image, write_shoes
+from tools.data_commands import check_main
 
 
 def fashioniq_with_images(root):
@@ -162,7 +162,7 @@ def test_check_reports_missing_and_unreadable(tmp_path, capsys):
     (tmp_path / "fashionIQ" / "img" / "A2.jpg").unlink()
     (tmp_path / "fashionIQ" / "img" / "A3.jpg").write_bytes(b"")
     listing = tmp_path / "missing.txt"
-    assert check.main(["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress",
+    assert check_main(["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress",
                        "--write_missing", str(listing)]) == 1  # images are missing: a script can tell
     out = capsys.readouterr().out
     rows = [line.split()[1:] for line in out.splitlines() if line.startswith("dress")]
@@ -172,5 +172,5 @@ def test_check_reports_missing_and_unreadable(tmp_path, capsys):
     lines = listing.read_text().splitlines()
     assert lines[0].startswith("missing\t") and lines[0].endswith("A2.jpg")
     assert lines[1].startswith("unreadable\t") and "A3.jpg\tempty file" in lines[1]
-    assert check.main(["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress",
+    assert check_main(["--dataset", "fashioniq", "--data_root", str(tmp_path), "--categories", "dress",
                        "--allow_missing"]) == 0

@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from config import resolve
 from data.augment import crop_flip_normalize
+from engine.trainer import compile_step
 from losses import RetrievalLoss
 from models import GRAINS, build_model
 from models.glove import glove_cache_path, load_glove
@@ -101,9 +102,11 @@ def test_text_encoder_sorts_as_torch_packing_does(device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)")
-def test_training_step_on_the_gpu_never_waits_for_it():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_training_step_on_the_gpu_never_waits_for_it(compiled):
     """No step of train.py's (batch to the device, crop and normalise, forward, loss, backward, AdamW)
-    synchronises with the GPU: the CPU queues the next work while the card runs the backbone."""
+    synchronises with the GPU: the CPU queues the next work while the card runs the backbone. Eagerly and
+    as --compile's step (engine.trainer.compile_step: CUDA graphs)."""
     cfg = config(crop_size=32, batch_size=4)
     model = build_model(cfg, vocab_size=30).cuda().train()
     loss_fn = RetrievalLoss(cfg).cuda()
@@ -111,13 +114,20 @@ def test_training_step_on_the_gpu_never_waits_for_it():
     pixels = torch.randint(0, 256, (8, 40, 40, 3), dtype=torch.uint8).pin_memory()
     crops = torch.tensor([[1, 2, 0], [0, 8, 1]] * 4)
     tokens, lengths = torch.randint(1, 30, (4, 6)).pin_memory(), torch.tensor([6, 3, 6, 1])
-    for sync_mode in ("default", "error"):  # the first step warms up cuDNN and the allocator
+
+    def loss_step(reference, target, tokens, lengths):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            query, targets = model(reference, target, tokens, lengths)
+            return loss_fn(model, query, targets)
+    step = compile_step(loss_step, torch.device("cuda")) if compiled else loss_step
+    # the first steps warm up cuDNN and the allocator (and compile, then record the CUDA graphs)
+    for sync_mode in ("default",) * (3 if compiled else 1) + ("error",):
         torch.cuda.set_sync_debug_mode(sync_mode)
         try:
             images = crop_flip_normalize(pixels.cuda(non_blocking=True), crops, 32)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                query, targets = model(images[:4], images[4:], tokens.cuda(non_blocking=True), lengths)
-                loss = loss_fn(model, query, targets)
+            if compiled:
+                torch.compiler.cudagraph_mark_step_begin()
+            loss = step(images[:4], images[4:], tokens.cuda(non_blocking=True), lengths)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             optimizer.step()

@@ -76,11 +76,11 @@ def test_backbone_passes_per_step(separate):
         torch.testing.assert_close(query.preserved_reference[g], expected.preserved_reference[g])
 
 
-def test_ties_with_the_target_are_counted_and_favour_the_target():
+def test_ties_with_the_target_are_counted_and_broken_by_gallery_order():
     scores = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.1],    # target 0: item 1 above, items 2 and 3 tied
                            [0.2, 0.2, 0.3, 0.0, 0.2]])   # targets 1 and 4 (0.2): item 2 above, item 0 tied
     result = rank_queries(lambda q, g: scores[q, g], 2, 5, targets=[[0], [1, 4]], references=[-1, 3], topk=3)
-    assert result.ranks.tolist() == [1, 1]  # ties do not count against the target
+    assert result.ranks.tolist() == [1, 2]  # equal scores in gallery order: item 0 comes before target 1
     assert result.ties.tolist() == [2, 1]   # query 1: item 0 ties; item 4 is a correct target, item 3 the reference
 
 

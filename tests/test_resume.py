@@ -2,12 +2,13 @@
 to the previous one, safe loading, non-finite losses.
 
 The kill-and-resume test trains the same tiny run twice on the CPU with a fixed seed: A uninterrupted (in
-this process), B killed with SIGKILL, resumed with --resume auto in a subprocess using two DataLoader
-workers and stopped with SIGTERM mid-epoch, then resumed again to the end. Every logged loss of B must
-equal A's within 1e-6.
+this process), B killed with SIGKILL while its two DataLoader workers live on, resumed at once with
+--resume auto in a subprocess using two DataLoader workers and stopped with SIGTERM mid-epoch, then
+resumed again to the end. Every logged loss of B must equal A's within 1e-6.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,39 +58,72 @@ def vocab_dir(tiny_root, tmp_path_factory):
     return folder
 
 
+def children(pid: int) -> list[int]:
+    """The processes `pid` forked (its DataLoader workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_root, vocab_dir, tmp_path_factory):
-    """A: uninterrupted. B: SIGKILL, resume (2 workers) + SIGTERM to the process group, resume to the end.
-    Two runs of 12 steps, one of them as commands: the tests that use it are marked slow."""
+    """A: uninterrupted. B: SIGKILL (2 workers), resume at once (2 workers) + SIGTERM to the process group,
+    resume to the end. Two runs of 12 steps, one of them as commands: the tests that use it are marked slow."""
     out = tmp_path_factory.mktemp("resume_runs")
     flags = [*FLAGS, "--data_root", tiny_root, "--vocab_dir", vocab_dir, "--output_dir", out]
     log_b = out / "B" / "stage1" / "train_log.jsonl"
     info = {}
 
-    # B, first part, killed with SIGKILL once step 3 is logged (last.pt is then at step 2), while A runs here
-    first = start(out, "B1", *flags, "--exp_name", "B")
+    # B, first part, with two DataLoader workers, killed with SIGKILL once step 3 is logged (last.pt is then at
+    # step 2), while A runs here. Its workers are stopped first, so they outlive it (as workers do until they
+    # notice their parent died); the resume starts within a second of the kill and must not wait for them.
+    first = start(out, "B1", *flags, "--exp_name", "B", "--num_workers", "2")
+    second: list[subprocess.Popen] = []
+    failed: list[BaseException] = []
 
-    def kill_first():
+    def part_b():
+        workers = []
         try:
             wait_for_rows(first, log_b, 3)
-        finally:
+            workers = children(first.pid)
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
             first.kill()   # SIGKILL
-    killer = threading.Thread(target=kill_first)
-    killer.start()
+            first.wait(60)
+            killed_at = time.monotonic()
+            # B, second part: only the run's name and --resume auto on the command line; two DataLoader
+            # workers; SIGTERM to the whole process group (as a cluster scheduler does) once epoch 2 has begun
+            second.append(start(out, "B2", "--output_dir", out, "--exp_name", "B", "--resume", "auto",
+                                "--num_workers", "2", start_new_session=True))
+            info["resumed_after_s"] = time.monotonic() - killed_at
+            info["killed_workers"] = len(workers)
+            info["killed"] = torch.load(out / "B" / "stage1" / "last.pt", weights_only=True)["step"]
+            wait_for_rows(second[0], log_b, STEPS_PER_EPOCH + 2)
+            os.killpg(second[0].pid, signal.SIGTERM)
+        except BaseException as e:  # reported below, in the test's thread
+            failed.append(e)
+            first.kill()
+        finally:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    b = threading.Thread(target=part_b)
+    b.start()
     train_here(*flags, "--exp_name", "A")
-    killer.join()
+    b.join()
+    if failed:
+        raise failed[0]
     assert first.wait(60) == -signal.SIGKILL
-    killed = torch.load(out / "B" / "stage1" / "last.pt", weights_only=True)
-    info["killed_at"] = killed["step"]
-    assert 0 < killed["step"] <= len(rows(log_b))   # usually 2 < 3: the resume drops the log's step 3
-
-    # B, second part: only the run's name and --resume auto on the command line; two DataLoader workers;
-    # SIGTERM to the whole process group (as a cluster scheduler does) once epoch 2 has begun
-    second = start(out, "B2", "--output_dir", out, "--exp_name", "B", "--resume", "auto", "--num_workers", "2",
-                   start_new_session=True)
-    wait_for_rows(second, log_b, STEPS_PER_EPOCH + 2)
-    os.killpg(second.pid, signal.SIGTERM)
-    assert second.wait(120) == 130, (out / "B2.out").read_text()[-3000:]
+    assert info["killed_workers"] == 2 and info["resumed_after_s"] < 1.0
+    info["killed_at"] = info.pop("killed")
+    assert 0 < info["killed_at"] <= len(rows(log_b))   # usually 2 < 3: the resume drops the log's step 3
+    assert second[0].wait(120) == 130, (out / "B2.out").read_text()[-3000:]
     info["second_out"] = (out / "B2.out").read_text()
     stopped = torch.load(out / "B" / "stage1" / "last.pt", weights_only=True)
     info["stopped_at"] = stopped["step"]
@@ -170,6 +204,33 @@ def test_damaged_checkpoint_error_names_the_file(runs, tmp_path, damage):
     shutil.copy(runs[0] / "A" / "config.json", path.parent.parent / "config.json")
     with pytest.raises(CheckpointError, match="no loadable checkpoint.*--resume PATH"):
         train_here("--output_dir", tmp_path, "--exp_name", "run", "--resume", "auto")
+
+
+def test_fallback_moves_the_damaged_last_aside_and_keeps_the_good_previous(tmp_path):
+    """After --resume auto falls back to last.prev.pt, the next saves never rotate the damaged last.pt over it."""
+    from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from engine.run import find_resume
+    good = tmp_path / "last.prev.pt"
+    save_checkpoint(good, {"model": {"w": torch.zeros(2)}, "config": {}, "step": 2}, keep_previous=False)
+    good_bytes = good.read_bytes()
+    damaged = good_bytes[: len(good_bytes) // 2]
+    (tmp_path / "last.pt").write_bytes(damaged)
+    assert find_resume(tmp_path) == good
+    (aside,) = tmp_path.glob("last.damaged-*.pt")
+    assert re.fullmatch(r"last\.damaged-\d{8}-\d{6}\.pt", aside.name) and aside.read_bytes() == damaged
+    assert not (tmp_path / "last.pt").exists() and good.read_bytes() == good_bytes
+    # the first save after the resume: the good previous checkpoint is still there if it is killed
+    save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.ones(2)}, "config": {}, "step": 3})
+    assert good.read_bytes() == good_bytes
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+    # the error names only files that can exist: no last.prev.prev.pt, no best.prev.pt
+    good.write_bytes(damaged)
+    (tmp_path / "best.pt").write_bytes(damaged)
+    for name in ("last.prev.pt", "best.pt"):
+        with pytest.raises(CheckpointError) as refused:
+            load_checkpoint(tmp_path / name)
+        assert ".prev.prev" not in str(refused.value) and "best.prev" not in str(refused.value)
+        assert str(refused.value).endswith("Use an earlier checkpoint.")
 
 
 def test_step_log_drops_what_the_resume_redoes(tmp_path):

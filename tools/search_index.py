@@ -10,8 +10,11 @@ and is read with `torch.load(weights_only=True)`, which refuses anything that co
     checkpoint  {"path", "sha256", "model", "dataset"}: the checkpoint that made the embeddings
     crop_size   the evaluation crop the images were embedded at
     skipped     ["<path>: <why>"] unreadable files left out
+    stamps      [N] [bytes, mtime in ns] of each file when it was embedded (absent in older indexes)
 
-A query with any other checkpoint is refused: its embeddings would not be comparable.
+A query with any other checkpoint is refused: its embeddings would not be comparable. A result
+whose file was deleted or changed since (another size or mtime, as the image cache tells) is left
+out of the results and reported with the command that rebuilds the index.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from data.cache import file_stamp
 from engine.inference import build_queries, embed_images, rank_gallery
 from utils.errors import UserError
 from utils.io import atomic_write
@@ -40,12 +44,22 @@ class SearchIndex:
     checkpoint: dict
     crop_size: int
     skipped: list[str] = field(default_factory=list)
+    stamps: list[list[int]] = field(default_factory=list)  # per row (bytes, mtime ns); [] in an older index
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def file(self, i: int) -> Path:
         return Path(self.root) / self.paths[i]
+
+    def changed(self, i: int) -> bool:
+        """Whether row i's file is gone or (with stamps) another file now: its embedding is not the file's."""
+        now = file_stamp(self.file(i))
+        return now is None or bool(self.stamps) and tuple(self.stamps[i]) != now
+
+    def rebuild_command(self, index_path: str | Path) -> str:
+        return (f"python retrieve.py index --ckpt {self.checkpoint['path']} --images {self.root} "
+                f"--out {index_path}")
 
     def position(self, image: str | Path) -> int:
         """Row of `image` when that very file is in the index (same path after resolving links,
@@ -118,19 +132,22 @@ def build_index(model, folder: str | Path, checkpoint_path: str | Path, crop_siz
     files = list_images(root)
     if not files:
         raise FileNotFoundError(f"{folder}: no image files (.jpg, .jpeg, .png, .webp) in it or its subfolders")
+    stamps = [file_stamp(f) for f in files]  # before embedding: a file changed meanwhile reads as changed
     embedded = embed_images(model, files, crop_size, device, batch_size, num_workers, amp_dtype=amp_dtype,
                             progress=progress, desc="index images", upright=True)
     skipped = [message if message.startswith(str(files[i])) else f"{files[i]}: {message}"
                for i, message in embedded.errors]
     return SearchIndex(root=str(root), paths=[files[i].relative_to(root).as_posix() for i in embedded.kept],
                        embeddings={g: x.cpu() for g, x in embedded.features.items()},
-                       checkpoint=checkpoint_identity(checkpoint_path, cfg), crop_size=crop_size, skipped=skipped)
+                       checkpoint=checkpoint_identity(checkpoint_path, cfg), crop_size=crop_size, skipped=skipped,
+                       stamps=[list(stamps[i] or (-1, -1)) for i in embedded.kept])
 
 
 def save_index(index: SearchIndex, path: str | Path) -> None:
     state = {"format": FORMAT, "version": VERSION, "root": index.root, "paths": list(index.paths),
              "embeddings": {g: x.contiguous() for g, x in index.embeddings.items()},
-             "checkpoint": dict(index.checkpoint), "crop_size": int(index.crop_size), "skipped": list(index.skipped)}
+             "checkpoint": dict(index.checkpoint), "crop_size": int(index.crop_size), "skipped": list(index.skipped),
+             "stamps": [list(map(int, st)) for st in index.stamps]}
     atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
@@ -155,7 +172,7 @@ def load_index(path: str | Path) -> SearchIndex:
     check_index_state(state, path)
     return SearchIndex(root=state["root"], paths=list(state["paths"]), embeddings=dict(state["embeddings"]),
                        checkpoint=dict(state["checkpoint"]), crop_size=int(state["crop_size"]),
-                       skipped=list(state["skipped"]))
+                       skipped=list(state["skipped"]), stamps=[list(st) for st in state.get("stamps", [])])
 
 
 def check_index_state(state: dict, path: Path) -> None:
@@ -181,6 +198,10 @@ def check_index_state(state: dict, path: Path) -> None:
         raise UserError(f"{path}: no record of the checkpoint that built it; {rebuild}")
     if not isinstance(state.get("crop_size"), int) or not isinstance(state.get("root"), str):
         raise UserError(f"{path}: 'crop_size' or 'root' missing or of the wrong type; {rebuild}")
+    stamps = state.get("stamps", [])
+    if not isinstance(stamps, list) or (stamps and (len(stamps) != len(paths) or not all(
+            isinstance(st, list) and len(st) == 2 and all(isinstance(v, int) for v in st) for st in stamps))):
+        raise UserError(f"{path}: 'stamps' is not one [bytes, mtime] pair per image; {rebuild}")
 
 
 @dataclass
@@ -189,6 +210,7 @@ class SearchResult:
     scores: list[float]
     excluded: Path | None      # the query image itself, when it is in the index
     unknown_words: list[str]   # words of the text outside the vocabulary (read as <unk>)
+    stale: list[Path] = field(default_factory=list)  # files deleted or changed since indexing, left out
 
 
 @torch.inference_mode()
@@ -214,7 +236,15 @@ def search(model, vocab, index: SearchIndex, image: str | Path, text: str, k: in
         raise UserError(f"the index's embeddings are not {model.embed_dim} wide like this model's; rebuild it "
                         f"with this checkpoint")
     own = index.position(image)
-    result = rank_gallery(model, query, gallery, targets=[[]], references=[own], topk=k, query_chunk=1)
-    return SearchResult(paths=[index.file(i) for i in result.topk_index[0].tolist()],
-                        scores=result.topk_score[0].tolist(), excluded=index.file(own) if own >= 0 else None,
-                        unknown_words=vocab.unknown_words(text))
+    want = k
+    while True:  # rows whose file changed since indexing are left out: rank deeper until k are current
+        result = rank_gallery(model, query, gallery, targets=[[]], references=[own], topk=want, query_chunk=1)
+        rows, scores = result.topk_index[0].tolist(), result.topk_score[0].tolist()
+        stale = [i for i in rows if index.changed(i)]
+        if len(rows) - len(stale) >= k or len(rows) < want:  # enough, or the whole index is ranked
+            break
+        want = min(len(index), 2 * want + len(stale))
+    kept = [(i, score) for i, score in zip(rows, scores) if i not in set(stale)][:k]
+    return SearchResult(paths=[index.file(i) for i, _ in kept], scores=[score for _, score in kept],
+                        excluded=index.file(own) if own >= 0 else None, unknown_words=vocab.unknown_words(text),
+                        stale=[index.file(i) for i in stale])

@@ -43,8 +43,9 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor):
         ctx.rows = tensor.shape[0]
+        tensor = tensor.contiguous()   # a view (the query's stacked attentions) would give the parts its strides
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
+        dist.all_gather(parts, tensor)
         return torch.cat(parts, dim=0)
 
     @staticmethod
@@ -69,8 +70,9 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
+    tensor = tensor.contiguous()
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
+    dist.all_gather(parts, tensor)
     return torch.cat(parts, dim=0)
 
 

@@ -15,63 +15,49 @@ a cache. --size is resize_size(--crop_size): 256 for the default crop of 224.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from config import build_parser, given_flags, resolve
-from data.cache import CACHE_FORMAT, CACHE_VERSION, cache_stem, default_cache_folder, file_stamp, read_index
-from data.formats import open_dataset
-from data.images import prepared_pixels, resize_size
-from utils.errors import UserError, command_status
+from data.base import DatasetFormat
+from data.cache import CACHE_FORMAT, CACHE_VERSION, cache_stem, file_stamp, read_index
+from data.images import prepared_pixels
+from utils.errors import UserError
 from utils.io import atomic_write_text
 from utils.runlock import RunLock
 
 CHUNK = 64  # images a worker writes between two updates of the done flags
+SPARE = 64 << 20  # bytes kept free beyond the arrays: the indexes, the done flags, the file system's own needs
+FIX = "free space there, or pass --out on a larger disk (or a smaller --size)"
 
 
-def parser():
-    p = build_parser("data", __doc__.split("\n")[0])
-    p.description = __doc__
-    p.add_argument("--size", type=int, default=None,
-                   help="Side of the stored square in pixels (default: resize_size(--crop_size), 256 for 224).")
-    p.add_argument("--out", default=None, help="Cache folder (default: <data_root>/cache, where runs look for it).")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="Processes decoding images (default: one per CPU core; 0 decodes in this process).")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """0 when every image was prepared, 1 when some are missing or unreadable, 2 for bad input."""
-    return command_status(prepare, argv)
-
-
-def prepare(argv: list[str] | None) -> int:
-    args = parser().parse_args(argv)
-    cfg = resolve(given_flags(args))
-    size = args.size or resize_size(cfg.crop_size)
-    if size < 1 or args.workers < 0:
-        raise UserError("--size must be positive and --workers at least 0")
-    fmt = open_dataset(cfg)  # first: a wrong --data_root is reported before anything is created
-    out = Path(args.out).expanduser() if args.out else default_cache_folder(cfg.data_root)
+def prepare_dataset(fmt: DatasetFormat, data_root: str | Path, out: Path, size: int, workers: int) -> int:
+    """Write (or complete) the cache of every split of `fmt` into `out`: 0 when every image was prepared, 1 when
+    some are missing or unreadable (listed)."""
     out.mkdir(parents=True, exist_ok=True)
-    data_root = Path(cfg.data_root).expanduser()
+    data_root = Path(data_root).expanduser()
+    images = fmt.split_images()
+    splits = {split: [os.path.abspath(fmt.image_path(i)) for i in ids] for split, ids in images.items()}
     lock = RunLock(out / f"{fmt.name}-{size}", "pass another --out")  # two writers would mix their rows
     note = lock.acquire()
     if note:
         print(note)
-    print(f"{fmt.name} at {fmt.root} -> {out}, {size} x {size} px, {args.workers} worker(s)")
+    print(f"{fmt.name} at {fmt.root} -> {out}, {size} x {size} px, {workers} worker(s)")
     problems = {}
     try:
-        for split, ids in fmt.split_images().items():
-            files = [os.path.abspath(fmt.image_path(i)) for i in ids]
-            problems.update(prepare_split(out / cache_stem(fmt.name, split, size), ids, files, data_root, size,
-                                          args.workers, split))
+        stems = {split: out / cache_stem(fmt.name, split, size) for split in splits}
+        check_space(out, [(stems[s].with_suffix(".npy"), len(files) * size * size * 3) for s, files in splits.items()])
+        for split, ids in images.items():
+            problems.update(prepare_split(stems[split], ids, splits[split], data_root, size, workers, split))
     finally:
         lock.release()
     if problems:
@@ -93,10 +79,11 @@ def prepare_split(stem: Path, ids: list[str], files: list[str], data_root: Path,
     rows = [[i, os.path.relpath(f, data_root), *(s or (-1, -1))] for i, f, s in zip(ids, files, stamps)]
     done = reusable_rows(array_path, index_path, done_path, rows, size)
     # The order makes a kill at any point safe: no row is ever served whose flag, stamp and pixels disagree.
-    if done is None:  # a new cache: the old flags go first, then a sparse file, filled as the rows are written
+    if done is None:  # a new cache: the old flags go first, then the array, filled as the rows are written
         done_path.unlink(missing_ok=True)
         np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3)).flush()
         done = np.zeros(len(ids), dtype=bool)
+    reserve(array_path)
     partial = done_path.with_name(done_path.name + ".partial.npy")
     np.save(partial, done)
     os.replace(partial, done_path)  # the flags of changed files are cleared before their new stamps are written
@@ -142,13 +129,57 @@ def write_index(path: Path, stem: Path, rows: list, size: int, complete: bool, p
     atomic_write_text(path, json.dumps(index) + "\n")
 
 
+def allocated(path: Path) -> int:
+    """Bytes of disk `path` already occupies (0 when absent): a sparse array's holes need space yet."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def check_space(out: Path, arrays: list[tuple[Path, int]]) -> None:
+    """Refuse, before anything is written, when the disk holding `out` cannot take the arrays (path, bytes)."""
+    need = sum(max(0, n - allocated(path)) for path, n in arrays) + SPARE
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise UserError(f"{out}: the image cache needs {need / 2**30:.2f} GiB more, and the disk holding it has "
+                        f"{free / 2**30:.2f} GiB free; {FIX}")
+
+
+def reserve(array_path: Path) -> None:
+    """Give every byte of the array its disk blocks now: writing into a hole of a sparse file on a full disk
+    kills the writer with SIGBUS, where this fails with ENOSPC, which is reported."""
+    fd = os.open(array_path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{array_path}: the disk is full (or the quota reached): cannot reserve "
+                            f"{os.fstat(fd).st_size / 2**30:.2f} GiB for the image cache; {FIX}. The rows written "
+                            f"so far are kept") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system without it: go on
+            raise
+    finally:
+        os.close(fd)
+
+
 def run_tasks(tasks, workers: int):
-    """Yield each task's (rows written, [(row, why)] failed), in order, from `workers` processes (0: here)."""
+    """Yield each task's (rows written, [(row, why)] failed), in order, from `workers` processes (0: here).
+    A worker that dies (a signal, the OOM killer) ends the command with an error naming the array: a
+    multiprocessing.Pool would wait for its lost task for ever."""
     if workers == 0:
         yield from map(write_rows, tasks)
         return
-    with get_context().Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-        yield from pool.imap(write_rows, tasks)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context(), initializer=signal.signal,
+                               initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        yield from pool.map(write_rows, tasks)
+    except BrokenProcessPool:
+        raise UserError(f"a data.prepare worker died writing {tasks[0][0]} (killed by a signal: SIGBUS when the "
+                        f"disk is full, SIGKILL when memory ran out); {FIX}, or pass fewer --workers. The rows "
+                        f"written so far are kept: run the command again to continue") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def write_rows(task) -> tuple[list[int], list[tuple[int, str]]]:
@@ -161,9 +192,9 @@ def write_rows(task) -> tuple[list[int], list[tuple[int, str]]]:
             written.append(row)
         except (OSError, ValueError) as e:
             failed.append((row, str(e).removeprefix(f"{path}: ")))
-    array.flush()
+    try:
+        array.flush()
+    except OSError as e:  # a full disk or a failing device: name the file, not "[Errno 28]" alone
+        raise UserError(f"{array_path}: could not be written ({e.strerror}); {FIX}. The rows written so far are "
+                        f"kept") from None
     return written, failed
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,9 +2,13 @@
 
     python -m data.check --dataset fashioniq [--data_root DIR] [--write_missing FILE]
 
-Per category and split: images listed, missing, unreadable (opened with PIL's
-verify); then the triplets (train) and queries (evaluation) each problem removes.
-A triplet needs both images; a query needs its reference and at least one target.
+Per category and split: images listed, missing, unreadable (decoded in full, as training and
+evaluation decode them: a download cut short fails here, not hours into a run); then the triplets
+(train) and queries (evaluation) each problem removes. A triplet needs both images; a query needs
+its reference and at least one target.
+
+This package is the check itself (`check_dataset`); the command line is tools.data_commands, run by
+data/check/__main__.py, so that the data layer imports nothing above it.
 """
 from __future__ import annotations
 
@@ -15,22 +19,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from config import build_parser, given_flags, resolve
 from data.base import DatasetFormat
-from data.formats import open_dataset
-from utils.errors import command_status
-from utils.io import atomic_write_text, check_output_file
-
-
-def parser():
-    p = build_parser("data,run",
-                     "Report missing and unreadable images of a dataset and the triplets/queries they cost.")
-    p.add_argument("--write_missing", metavar="FILE", default=None,
-                   help="Also write the missing and unreadable image files to FILE (status<TAB>path[<TAB>reason]).")
-    p.add_argument("--allow_missing", action="store_true",
-                   help="Exit with status 0 even when images are missing or unreadable (default: status 1).")
-    return p
-
+from data.images import load_image
+from utils.io import atomic_write_text
 
 EXIF_ORIENTATION = 274  # the EXIF tag of the camera's rotation; 1 is upright
 
@@ -42,11 +33,12 @@ def image_problem(path: Path) -> tuple[str | None, bool]:
         return "missing", False
     if path.stat().st_size == 0:
         return "empty file (0 bytes)", False
-    try:
-        with Image.open(path) as image:  # verify() must come first: reading a PNG's EXIF loads the image
-            image.verify()
+    try:  # every pixel decoded by the loader training uses: PIL's verify() passes a JPEG cut in half
+        load_image(path)
         with Image.open(path) as image:
             rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
+    except ValueError as e:  # load_image's "<path>: unreadable image (...); re-download it (...)"
+        return str(e).removeprefix(f"{path}: ").split("; re-download")[0], False
     except Exception as e:  # PIL raises many types for bad files; any of them makes the image unusable
         return f"{type(e).__name__}: {e}", False
     return None, rotated
@@ -68,18 +60,9 @@ def _order(key: tuple[str, str]) -> tuple:
     return category, ("train", "val", "test").index(split) if split in ("train", "val", "test") else 3, split
 
 
-def main(argv: list[str] | None = None) -> int:
-    """0 when every listed image opens, 1 when some are missing or unreadable (0 with --allow_missing),
-    2 with one `error: ...` line for bad input."""
-    return command_status(check, argv)
-
-
-def check(argv: list[str] | None) -> int:
-    args = parser().parse_args(argv)
-    cfg = resolve(given_flags(args))
-    if args.write_missing:
-        check_output_file(args.write_missing, "--write_missing")
-    fmt = open_dataset(cfg)
+def check_dataset(fmt: DatasetFormat, write_missing: str | None = None, allow_missing: bool = False) -> int:
+    """Print the tables; 0 when every listed image decodes, 1 when some are missing or unreadable (0 with
+    `allow_missing`); `write_missing`: also list them in that file."""
     lists, items = fmt.image_lists(), needs(fmt)
     ids = {i for ids in lists.values() for i in ids}
     ids |= {i for rows in items.values() for required, any_of in rows for i in required + any_of}
@@ -117,16 +100,12 @@ def check(argv: list[str] | None) -> int:
     n_missing = sum(why == "missing" for why in problem.values())
     print(f"\n{len(ids)} images: {n_missing} missing, {len(problem) - n_missing} unreadable; {rotated} carry an "
           f"EXIF rotation, which training and evaluation ignore as the published pipelines do")
-    if args.write_missing:
+    if write_missing:
         lines = [f"missing\t{paths[i]}" if why == "missing" else f"unreadable\t{paths[i]}\t{why}"
                  for i, why in sorted(problem.items())]
-        atomic_write_text(args.write_missing, "".join(line + "\n" for line in lines))
-        print(f"wrote {len(lines)} lines to {args.write_missing}")
-    if problem and not args.allow_missing:
+        atomic_write_text(write_missing, "".join(line + "\n" for line in lines))
+        print(f"wrote {len(lines)} lines to {write_missing}")
+    if problem and not allow_missing:
         print(f"{len(problem)} image(s) missing or unreadable: exit status 1 (--allow_missing: 0)", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
