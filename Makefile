@@ -1,4 +1,6 @@
-# Quick start:  make demo   (synthetic data -> vocabulary -> stage 1 -> stage 2 -> evaluation -> figure)
+# Quick start:  make demo   (synthetic data -> vocabulary -> stage 1 -> stage 2 -> evaluation -> figure -> search index)
+#               make serve  (after make demo: the search page over the demo's gallery, http://127.0.0.1:8000/)
+#               make serve-eval  (after make demo: the evaluation browser of the demo's evaluation)
 #               make test   (the test suite; what CI runs, after make lint)
 #               make test-fast  (the suite without the tests marked slow: well under a minute)
 #               make lint   (ruff, configured in pyproject.toml)
@@ -11,7 +13,7 @@ DEMO_FLAGS := --dataset fashioniq --data_root $(DEMO)/data --vocab_dir $(DEMO)/v
 	--exp_name quickstart --backbone resnet18 --backbone_weights none --crop_size 64 --batch_size 32 \
 	--num_workers 2 --device cpu
 
-.PHONY: demo test test-fast lint venv clean-demo bench
+.PHONY: demo serve serve-eval test test-fast lint venv clean-demo bench
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-clip.txt requirements-web.txt
@@ -26,6 +28,18 @@ demo: venv
 	$(PY) evaluate.py --ckpt $(DEMO)/runs/quickstart/stage2/best.pt --data_root $(DEMO)/data --device cpu
 	$(PY) visualize.py retrievals --ckpt $(DEMO)/runs/quickstart/stage2/best.pt --data_root $(DEMO)/data \
 		--device cpu --n 4 --k 8 --out $(DEMO)/retrievals.png
+	$(PY) retrieve.py index --ckpt $(DEMO)/runs/quickstart/stage2/best.pt --images $(DEMO)/data/fashionIQ/img \
+		--out $(DEMO)/gallery.index --device cpu
+
+# the pages bind 127.0.0.1 (this machine only); HOST=0.0.0.0 exposes them, without login, to the network
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: venv
+	$(PY) serve.py search --index $(DEMO)/gallery.index --device cpu --host $(HOST) --port $(PORT)
+
+serve-eval: venv
+	$(PY) serve.py eval --run $(DEMO)/runs/quickstart/stage2/eval_val --data_root $(DEMO)/data --device cpu \
+		--host $(HOST) --port $(PORT)
 
 test: venv
 	$(PY) -m pytest -q tests

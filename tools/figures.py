@@ -294,11 +294,27 @@ def attention_maps(model, reference: torch.Tensor, target: torch.Tensor, text: t
                          map_overlap)
 
 
+def check_attention_parts(model, name: str) -> None:
+    """Raise ValueError unless the model scores modified and preserved parts (what attention maps show)."""
+    if not any(k.startswith(("modified/", "preserved/")) for k in _part_names(model)):
+        raise ValueError(f"--model {name} has no modified/preserved score "
+                         f"parts; attention maps need manme, artemis, em-only or is-only")
+
+
+def attention_row(model, vocab, source, reference: Path, target: Path, text: str, crop_size: int,
+                  device) -> AttentionRow:
+    """The attention maps of one query (reference file, text) on one target file; `source` reads the pixels
+    (data.cache.PixelSource: dataset images as evaluation reads them, or a user's photos upright)."""
+    reference_input, target_input = model_inputs(source, [reference, target], crop_size, device).split(1)
+    text_embedding = embed_texts(model, vocab, [text], device).clone()
+    found = attention_maps(model, reference_input, target_input, text_embedding)
+    return AttentionRow(**vars(found), reference=tensor_to_image(reference_input[0]),
+                        target=tensor_to_image(target_input[0]), text=text)
+
+
 def attention_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 4) -> list[AttentionRow]:
     """Attention maps of n queries of the split's first category, on each query's (first) target."""
-    if not any(k.startswith(("modified/", "preserved/")) for k in _part_names(model)):
-        raise ValueError(f"--model {cfg.model} has no modified/preserved score "
-                         f"parts; attention maps need manme, artemis, em-only or is-only")
+    check_attention_parts(model, cfg.model)
     s = first_split(fmt, split)
     if not has_targets(s):
         raise UserError(f"attention maps are drawn on each query's target, and the {fmt.name} {split} queries carry "
@@ -308,12 +324,8 @@ def attention_rows(model, fmt, vocab, cfg, device, split: str = "val", n: int = 
     source = open_pixel_source(cfg, log=lambda _: None)
     rows = []
     for q in pick(s.queries, n):
-        reference, target = model_inputs(source, [fmt.image_path(q.reference), fmt.image_path(q.targets[0])],
-                                         cfg.crop_size, device).split(1)
-        text = embed_texts(model, vocab, [q.text], device).clone()
-        found = attention_maps(model, reference, target, text)
-        rows.append(AttentionRow(**vars(found), reference=tensor_to_image(reference[0]),
-                                 target=tensor_to_image(target[0]), text=q.text))
+        rows.append(attention_row(model, vocab, source, fmt.image_path(q.reference), fmt.image_path(q.targets[0]),
+                                  q.text, cfg.crop_size, device))
     model.train(was_training)
     return rows
 
