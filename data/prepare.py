@@ -27,7 +27,7 @@ from tqdm import tqdm
 from config import build_parser, given_flags, resolve
 from data.cache import CACHE_FORMAT, CACHE_VERSION, cache_stem, default_cache_folder, file_stamp, read_index
 from data.formats import open_dataset
-from data.images import prepared_pixels, resize_size
+from data.images import IMAGENET, ImageStyle, prepared_pixels
 from utils.errors import UserError, command_status
 from utils.io import atomic_write_text
 from utils.runlock import RunLock
@@ -39,7 +39,8 @@ def parser():
     p = build_parser("data", __doc__.split("\n")[0])
     p.description = __doc__
     p.add_argument("--size", type=int, default=None,
-                   help="Side of the stored square in pixels (default: resize_size(--crop_size), 256 for 224).")
+                   help="Side of the stored square in pixels (default: resize_size(--crop_size), 256 for 224; "
+                        "with a CLIP --backbone, the crop size itself, target-padded by --pad_ratio).")
     p.add_argument("--out", default=None, help="Cache folder (default: <data_root>/cache, where runs look for it).")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="Processes decoding images (default: one per CPU core; 0 decodes in this process).")
@@ -54,24 +55,26 @@ def main(argv: list[str] | None = None) -> int:
 def prepare(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     cfg = resolve(given_flags(args))
-    size = args.size or resize_size(cfg.crop_size)
+    style = cfg.image_style  # a CLIP --backbone: CLIP4Cir's target padding at the crop size (data.images)
+    size = args.size or style.prepared_size(cfg.crop_size)
     if size < 1 or args.workers < 0:
         raise UserError("--size must be positive and --workers at least 0")
     fmt = open_dataset(cfg)  # first: a wrong --data_root is reported before anything is created
     out = Path(args.out).expanduser() if args.out else default_cache_folder(cfg.data_root)
     out.mkdir(parents=True, exist_ok=True)
     data_root = Path(cfg.data_root).expanduser()
-    lock = RunLock(out / f"{fmt.name}-{size}", "pass another --out")  # two writers would mix their rows
+    # two writers would mix their rows
+    lock = RunLock(out / f"{fmt.name}-{size}{style.cache_tag}", "pass another --out")
     note = lock.acquire()
     if note:
         print(note)
-    print(f"{fmt.name} at {fmt.root} -> {out}, {size} x {size} px, {args.workers} worker(s)")
+    print(f"{fmt.name} at {fmt.root} -> {out}, {size} x {size} px{style.cache_tag}, {args.workers} worker(s)")
     problems = {}
     try:
         for split, ids in fmt.split_images().items():
             files = [os.path.abspath(fmt.image_path(i)) for i in ids]
-            problems.update(prepare_split(out / cache_stem(fmt.name, split, size), ids, files, data_root, size,
-                                          args.workers, split))
+            problems.update(prepare_split(out / cache_stem(fmt.name, split, size, style), ids, files, data_root, size,
+                                          args.workers, split, style))
     finally:
         lock.release()
     if problems:
@@ -86,7 +89,7 @@ def prepare(argv: list[str] | None) -> int:
 
 
 def prepare_split(stem: Path, ids: list[str], files: list[str], data_root: Path, size: int, workers: int,
-                  split: str) -> dict[str, str]:
+                  split: str, style: ImageStyle = IMAGENET) -> dict[str, str]:
     """Write (or complete) one split's array; returns file -> why, for the images left out."""
     array_path, index_path, done_path = (stem.with_suffix(s) for s in (".npy", ".json", ".done.npy"))
     stamps = [file_stamp(f) for f in files]
@@ -100,12 +103,12 @@ def prepare_split(stem: Path, ids: list[str], files: list[str], data_root: Path,
     partial = done_path.with_name(done_path.name + ".partial.npy")
     np.save(partial, done)
     os.replace(partial, done_path)  # the flags of changed files are cleared before their new stamps are written
-    write_index(index_path, stem, rows, size, complete=False)
+    write_index(index_path, stem, rows, size, complete=False, split=split)
     todo = [r for r in range(len(ids)) if not done[r] and stamps[r] is not None]
     problems = {files[r]: "missing" for r in range(len(ids)) if stamps[r] is None}
     if todo:
         done_map = np.load(done_path, mmap_mode="r+")
-        tasks = [(str(array_path), size, [(r, files[r]) for r in todo[i:i + CHUNK]])
+        tasks = [(str(array_path), size, [(r, files[r]) for r in todo[i:i + CHUNK]], style)
                  for i in range(0, len(todo), CHUNK)]
         bar = tqdm(total=len(todo), desc=f"{split}: {len(ids) - len(todo)} of {len(ids)} already prepared",
                    unit="img", dynamic_ncols=True)
@@ -118,7 +121,7 @@ def prepare_split(stem: Path, ids: list[str], files: list[str], data_root: Path,
         del done_map
     else:
         print(f"{split}: all {len(ids)} images already prepared")
-    write_index(index_path, stem, rows, size, complete=True,
+    write_index(index_path, stem, rows, size, complete=True, split=split,
                 problems=[[r, files[r], problems[files[r]]] for r in range(len(ids)) if files[r] in problems])
     return problems
 
@@ -135,9 +138,11 @@ def reusable_rows(array_path: Path, index_path: Path, done_path: Path, rows: lis
     return done & np.array([list(a) == list(b) for a, b in zip(old["images"], rows)], dtype=bool)
 
 
-def write_index(path: Path, stem: Path, rows: list, size: int, complete: bool, problems: list | None = None) -> None:
+def write_index(path: Path, stem: Path, rows: list, size: int, complete: bool, problems: list | None = None,
+                split: str | None = None) -> None:
     dataset, _, rest = stem.name.partition("-")
-    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dataset": dataset, "split": rest.rpartition("-")[0],
+    split = rest.rpartition("-")[0] if split is None else split
+    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dataset": dataset, "split": split,
              "size": size, "complete": complete, "images": rows, "problems": problems or []}
     atomic_write_text(path, json.dumps(index) + "\n")
 
@@ -152,12 +157,12 @@ def run_tasks(tasks, workers: int):
 
 
 def write_rows(task) -> tuple[list[int], list[tuple[int, str]]]:
-    array_path, size, items = task
+    array_path, size, items, style = task
     array = np.load(array_path, mmap_mode="r+")
     written, failed = [], []
     for row, path in items:
         try:
-            array[row] = prepared_pixels(path, size)
+            array[row] = prepared_pixels(path, size, style=style)
             written.append(row)
         except (OSError, ValueError) as e:
             failed.append((row, str(e).removeprefix(f"{path}: ")))

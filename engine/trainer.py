@@ -106,7 +106,8 @@ class PendingStep:
 def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: str) -> None:
     """Refuse a checkpoint that cannot mean the same thing as this run's model and data."""
     saved = checkpoint["config"]
-    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth", "fpn_relu"):
+    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth", "fpn_relu",
+                "text_encoder", "clip_pool"):
         value = saved_setting(saved, key)  # a setting added later: what older checkpoints were trained with
         if value != getattr(cfg, key):
             flag = (f"--{key}" if value else f"--no-{key}") if isinstance(value, bool) else f"--{key} {value}"
@@ -159,7 +160,8 @@ class Trainer:
                              f"{len(usable)} usable training triplets; lower --batch_size")
         say = log.info if dist_info.is_main else lambda _: None
         source = open_pixel_source(cfg, log=say, training=True)
-        self.eval_source = PixelSource(source.size, source.rows)  # validation: the same rows, never --jpeg_draft
+        # validation: the same rows, never --jpeg_draft
+        self.eval_source = PixelSource(source.size, source.rows, style=source.style)
         self.train_set = EpochTriplets(self.fmt, self.vocab, source, cfg.crop_size, cfg.seed, usable, missing)
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                         dist_info.rank, dist_info.world_size)
@@ -186,7 +188,8 @@ class Trainer:
                     else ""))
         # Every parameter, frozen ones too (AdamW skips those without a gradient), as the ARTEMIS
         # release does: stage 2 can then continue with stage 1's optimizer state.
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameter_groups(cfg.lr, cfg.clip_lr_mult), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, stage.step_lr, cfg.lr_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         forward: torch.nn.Module = self.model   # Retriever.forward: one step's (query, targets)
@@ -255,7 +258,7 @@ class Trainer:
     # -- one optimizer step ----------------------------------------------------------------------
     def train_step(self, batch):
         batch = batch.to(self.device, non_blocking=True)  # uint8 pixels; crop, flip, normalise run here
-        reference, target = batch.images(self.cfg.crop_size)
+        reference, target = batch.images(self.cfg.crop_size, self.train_set.source.style)
         if self.cfg.channels_last:
             reference = reference.contiguous(memory_format=torch.channels_last)
             target = target.contiguous(memory_format=torch.channels_last)
