@@ -56,7 +56,7 @@ def opt(default, help: str, groups: str = "train", choices=None, check=None):
 
 
 # groups: vocab (vocab.py) · data, run (train, evaluate, tools) · model, train (train) · eval (train, evaluate)
-# · search (retrieve.py)
+# · search (retrieve.py) · zeroshot (evaluate.py without a checkpoint)
 @dataclass
 class Config:
     # --- data ---
@@ -80,7 +80,9 @@ class Config:
     num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search",
                            check=at_least(0))
     # --- model ---
-    model: str = opt("manme", "Model variant (MANME.md §4, variants).", "model", choices=tuple(VARIANTS))
+    model: str = opt("manme", "Model variant (MANME.md §4, variants; combiner and clip-sum: the CLIP4Cir baselines "
+                     "on CLIP towers). evaluate.py without --ckpt: --model clip-sum evaluates the CLIP towers of "
+                     "--backbone_weights zero-shot.", "model,zeroshot", choices=tuple(VARIANTS))
     backbone: str = opt("resnet50", "Image backbone: a torchvision ResNet, or a CLIP image tower (open_clip, "
                         "requirements-clip.txt): clip-rn50/clip-rn50x4 feed their stage maps to the top-down "
                         "pathway; clip-vit-b-32/-b-16 have one grid size at every depth, so their grains come from "
@@ -93,7 +95,7 @@ class Config:
                                 "CLIP towers: open_clip's state-dict file of the whole CLIP model (.safetensors, "
                                 ".bin, epoch_N.pt), whose text half --text_encoder clip uses; OpenAI's TorchScript "
                                 ".pt files need `python -m tools.convert_clip IN.pt OUT.safetensors` once. "
-                                "Never downloaded.", "model")
+                                "Never downloaded.", "model,zeroshot")
     clip_pool: str = opt("gem", "CLIP towers: pooling of the coarse grain: gem (as the other grains), or attnpool "
                          "(CLIP's own pooled embedding: RN attention pooling, ViT class token, then projected to "
                          "--embed_dim; it needs the tower's input size as --crop_size: 224, 288 for clip-rn50x4).",
@@ -101,7 +103,7 @@ class Config:
     clip_quickgelu: bool = opt(True, "CLIP towers: build open_clip's -quickgelu configuration (QuickGELU, as "
                                "OpenAI's weights were trained; for RN towers it changes the text tower only); "
                                "--no-clip_quickgelu for weights trained with GELU (e.g. LAION's ViT files).",
-                               "model")
+                               "model,zeroshot")
     pad_ratio: float = opt(1.25, "CLIP towers: CLIP4Cir's target padding: images whose long/short side ratio "
                            "exceeds this are padded with black to it, then resized (bicubic, short side) and "
                            "centre-cropped to --crop_size; normalised with CLIP's mean and std. (ResNets pad to a "
@@ -146,6 +148,9 @@ class Config:
                               "image when the backbone is CLIP) against --lr; pretrained transformers do not "
                               "survive the compositor's lr (CLIP4Cir fine-tunes them at 2e-6).", "train",
                               check=positive)
+    towers_ckpt: str = opt("", "A checkpoint of a CLIP run (e.g. --model clip-sum fine-tuned: CLIP4Cir's stage 1) "
+                           "whose CLIP towers this run starts from instead of --backbone_weights' (same --backbone).",
+                           "train")
     two_stage: bool = opt(False, "Run stage 1 (--num_epochs) then stage 2 (--finetune_epochs) in one command.", "train")
     ckpt: str = opt("", "Checkpoint to start stage 2 from (train) or to evaluate (evaluate).", "train,eval")
     stage2_start: str = opt("continue", "How stage 2 starts: continue (the ARTEMIS release: the last stage-1 "

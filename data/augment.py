@@ -65,6 +65,8 @@ def normalize(pixels: torch.Tensor, style: ImageStyle = IMAGENET) -> torch.Tenso
 def crop_flip_normalize(pixels: torch.Tensor, crops: torch.Tensor, crop: int,
                         style: ImageStyle = IMAGENET) -> torch.Tensor:
     """(B, S, S, 3) uint8 prepared pixels and (B, 3) int (top, left, flip) -> (B, 3, crop, crop) model input."""
+    if not style.flip:  # (CLIP towers) the flips drawn are not applied
+        crops = crops * torch.tensor([1, 1, 0], dtype=crops.dtype, device=crops.device)
     if pixels.device.type != "cpu":
         return normalize(gather_crops(pixels, crops, crop), style)
     # one slice (a view) per image, copied once by stack: on a CPU core ten times faster than one gather

@@ -26,9 +26,11 @@ class ImageStyle:
     """How an image file becomes the model's input. `pad` "square": a white square resized to
     resize_size(crop), then a random (training) or centre crop (ARTEMIS). "targetpad" (CLIP towers, CLIP4Cir):
     black padding of the short side up to a long/short ratio of `ratio`, bicubic resize of the short side to
-    the crop size, centre crop; the prepared pixels are then the crop itself (training draws a flip only)."""
+    the crop size, centre crop; the prepared pixels are then the crop itself, and training uses them as they
+    are (no flip, as CLIP4Cir trains): the model's input of an image is the same at every epoch."""
     pad: str = "square"
     ratio: float = 1.25
+    flip: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -46,7 +48,7 @@ IMAGENET = ImageStyle()
 
 
 def clip_style(ratio: float) -> ImageStyle:
-    return ImageStyle("targetpad", ratio, CLIP_MEAN, CLIP_STD)
+    return ImageStyle("targetpad", ratio, False, CLIP_MEAN, CLIP_STD)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

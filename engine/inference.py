@@ -17,7 +17,7 @@ from data.augment import center_crop_normalize
 from data.cache import PixelSource
 from data.images import IMAGENET, ImageStyle
 from data.loaders import ImageList, collate_images, ignore_stop_signals, pad_tokens
-from data.text import Vocabulary
+from data.text import ClipTokens, Vocabulary
 from engine.checkpoint import CheckpointError, checkpoint_vocabulary, load_checkpoint, strip_ddp_prefix
 from engine.ranking import RankResult, rank_queries
 from models import ComposedQuery, Retriever, build_model
@@ -26,7 +26,9 @@ from utils.errors import UserError
 from utils.precision import amp_dtype, autocast, pick_device
 
 # settings the weights and the vocabulary were trained for
-FIXED_BY_CHECKPOINT = ("dataset", "crop_size", "model", "backbone", "grains", "embed_dim", "word_dim", "text_encoder")
+FIXED_BY_CHECKPOINT = ("dataset", "crop_size", "model", "backbone", "grains", "embed_dim", "word_dim", "text_encoder",
+                       "clip_quickgelu", "pad_ratio")
+ZERO_SHOT = ("clip-sum",)  # variants that evaluate.py can run with no training (from --backbone_weights)
 
 
 @dataclass
@@ -66,6 +68,18 @@ def load_trained(checkpoint_path: str | Path, explicit: dict | None = None) -> T
     # float32 unless the caller asks: recalls then do not move with the GPU's autocast
     precision = amp_dtype((explicit or {}).get("amp", "off"), device)
     return Trained(model.to(device).eval(), cfg, vocab, device, precision)
+
+
+def load_zero_shot(explicit: dict) -> Trained:
+    """A variant that needs no training (clip-sum: CLIP's image + text embeddings), from --backbone_weights."""
+    cfg = resolve({k: v for k, v in explicit.items() if k not in ("ckpt", "resume")})
+    if cfg.model not in ZERO_SHOT:
+        raise UserError(f"--model {cfg.model} needs training: pass --ckpt PATH (only {', '.join(ZERO_SHOT)} "
+                        f"evaluates without a checkpoint)")
+    device = pick_device(cfg.device)
+    model = build_model(cfg, 0)
+    return Trained(model.to(device).eval(), cfg, ClipTokens(cfg.dataset), device,
+                   amp_dtype(explicit.get("amp", "off"), device))
 
 
 @dataclass

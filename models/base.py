@@ -82,6 +82,7 @@ class Retriever(nn.Module):
     """Image and text encoders, the learnable temperature, freezing; variants add composition and scoring."""
 
     uses_text = True          # visual-search ignores the text: its encoder is then never trained
+    trains_frozen = True      # has weights to train with frozen towers (stage 1); clip-sum has none
     preset: dict = {}         # config values the variant fixes (applied below the user's flags)
 
     def __init__(self, cfg, vocab_size: int, grains: list[str] | None = None,
