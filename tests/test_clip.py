@@ -150,8 +150,8 @@ def test_clip_preprocessing_target_pad_and_normalisation(tmp_path):
         transforms.ToTensor(), transforms.Normalize(CLIP_MEAN, CLIP_STD)])
     want = per_image(Image.open(path).convert("RGB"))
     assert torch.equal(center_crop_normalize(pixels, 64, style)[0], want)
-    flipped = crop_flip_normalize(pixels, torch.tensor([[0, 0, 1]]), 64, style)[0]
-    assert torch.equal(flipped, want.flip(-1))
+    # training draws the flip as ever, but CLIP inputs are used as they are (CLIP4Cir): same at every epoch
+    assert torch.equal(crop_flip_normalize(pixels, torch.tensor([[0, 0, 1]]), 64, style)[0], want)
 
 
 def test_clip_tokens_need_no_vocabulary(tmp_path):
@@ -162,3 +162,81 @@ def test_clip_tokens_need_no_vocabulary(tmp_path):
     assert tokens.decode(ids).strip().endswith("is red and has sleeves <end_of_text>")
     out = run_cli("vocab.py", "--text_encoder", "clip", "--vocab_dir", tmp_path / "v", "--data_root", tmp_path)
     assert "no vocabulary is needed" in out.stdout and not (tmp_path / "v").exists()
+
+
+# ---- training and evaluation on synthetic data (train.py / evaluate.py in this process) ----
+
+def clip_flags(root, out, weights: str) -> list[str]:
+    return ["--dataset", "fashioniq", "--data_root", root, "--output_dir", out, "--backbone", "clip-rn-tiny",
+            "--backbone_weights", weights, "--crop_size", "64", "--num_workers", "0", "--device", "cpu",
+            "--batch_size", "8", "--log_every", "1", "--no-val_figure", "--max_steps", "2"]
+
+
+def tower_tensors(checkpoint_path) -> dict[str, torch.Tensor]:
+    """The CLIP tensors of a manme checkpoint under open_clip's names."""
+    model = torch.load(checkpoint_path, weights_only=True)["model"]
+    names = {"image_encoder.backbone.": "", "text_encoder.tower.": ""}
+    return {k.replace(p, n): v for k, v in model.items() for p, n in names.items() if k.startswith(p)}
+
+
+@pytest.mark.slow
+def test_manme_on_clip_keeps_the_towers_in_stage_1_then_fine_tunes_and_evaluates(tiny_root, tmp_path):
+    from tests.helpers import evaluate_in_process, read_jsonl, train_in_process
+    reference = reference_clip("clip-rn-tiny")
+    weights = save_as(reference, "safetensors", tmp_path)
+    train_in_process(*clip_flags(tiny_root, tmp_path, weights), "--exp_name", "m", "--text_encoder", "clip",
+                     "--embed_dim", "32", "--two_stage", "--num_epochs", "1", "--finetune_epochs", "1")
+    stage1 = tower_tensors(tmp_path / "m" / "stage1" / "last.pt")
+    expected = {k: v for k, v in reference.state_dict().items() if k != "logit_scale"}
+    assert stage1.keys() == expected.keys()
+    assert all(torch.equal(stage1[k], v) for k, v in expected.items())  # bit for bit, BatchNorm statistics too
+    stage2 = tower_tensors(tmp_path / "m" / "stage2" / "last.pt")
+    changed = [k for k in expected if not torch.equal(stage2[k], expected[k])]
+    assert any(k.startswith("visual.") for k in changed) and any(k.startswith("transformer.") for k in changed)
+    saved = torch.load(tmp_path / "m" / "stage2" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in saved] == pytest.approx([5e-4, 5e-6])  # the towers at --clip_lr_mult 0.01
+    assert len(read_jsonl(tmp_path / "m" / "stage2" / "train_log.jsonl")) == 2
+    evaluate_in_process("--ckpt", tmp_path / "m" / "stage2" / "last.pt", "--data_root", tiny_root, "--device", "cpu",
+                        "--num_workers", "0", "--output_dir", tmp_path / "eval")
+    metrics = __import__("json").loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0 <= metrics["overall"]["mR"] <= 100
+
+
+@pytest.mark.slow
+def test_combiner_both_stages_and_the_zero_shot_row(tiny_root, tmp_path):
+    from tests.helpers import evaluate_in_process, train_in_process
+    reference = reference_clip("clip-rn-tiny")
+    weights = save_as(reference, "bin", tmp_path)
+    # stage 1 of CLIP4Cir: the towers fine-tuned with the element-wise sum (clip-sum's preset: no frozen stage)
+    train_in_process(*clip_flags(tiny_root, tmp_path, weights), "--model", "clip-sum", "--exp_name", "sum",
+                     "--finetune_epochs", "1")
+    tuned = tower_tensors(tmp_path / "sum" / "stage2" / "last.pt")
+    assert not all(torch.equal(tuned[k], v) for k, v in reference.state_dict().items() if k in tuned)
+    # stage 2: the Combiner on those towers, frozen, each image embedded once
+    train_in_process(*clip_flags(tiny_root, tmp_path, weights), "--model", "combiner", "--exp_name", "comb",
+                     "--num_epochs", "1", "--towers_ckpt", tmp_path / "sum" / "stage2" / "last.pt")
+    assert "embedded once" in (tmp_path / "comb" / "train.log").read_text()
+    combined = tower_tensors(tmp_path / "comb" / "stage1" / "last.pt")
+    assert all(torch.equal(combined[k], v) for k, v in tuned.items())
+    saved = torch.load(tmp_path / "comb" / "stage1" / "last.pt", weights_only=True)
+    assert saved["config"]["lr"] == 2e-5 and saved["config"]["weight_decay"] == 0.0
+    assert float(saved["model"]["log_temperature"].exp()) == pytest.approx(100.0)
+    evaluate_in_process("--ckpt", tmp_path / "comb" / "stage1" / "last.pt", "--data_root", tiny_root,
+                        "--device", "cpu", "--num_workers", "0", "--output_dir", tmp_path / "eval")
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    evaluate_in_process("--model", "clip-sum", "--backbone", "clip-rn-tiny", "--backbone_weights", weights,
+                        "--crop_size", "64", "--dataset", "fashioniq", "--data_root", tiny_root, "--device", "cpu",
+                        "--num_workers", "0", "--output_dir", tmp_path / "zs")
+    assert (tmp_path / "zs" / "zero-shot-clip-rn-tiny" / "eval_val" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_wrong_weight_file_is_one_error_line_and_status_2(tiny_root, tmp_path):
+    from tests.helpers import run_cli
+    resnet = tmp_path / "resnet50-0676ba61.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}, resnet)
+    proc = run_cli("train.py", *clip_flags(tiny_root, tmp_path, str(resnet)), "--exp_name", "bad", "--text_encoder",
+                   "clip", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "torchvision ResNet" in lines[0]
