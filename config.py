@@ -77,6 +77,10 @@ class Config:
                            "more (PIL's draft mode): about twice as fast on photos of 500 px and more, pixels off "
                            "by under 1 of 255 levels on average (tests/test_cache.py). Training only: cached "
                            "images and evaluation are exact.", "train")
+    caption_orders: str = opt("both", "FashionIQ training texts: both (each annotation twice, its captions in both "
+                              "orders, as the ARTEMIS release) or random4 (CLIP4Cir, the combiner variants' preset: "
+                              "each annotation once per epoch as 'c1 and c2', 'c2 and c1', c1 or c2, drawn anew "
+                              "every epoch). Evaluation always uses both orders.", "train", choices=("both", "random4"))
     num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search",
                            check=at_least(0))
     # --- model ---

@@ -41,7 +41,7 @@ class CombinerNetwork(nn.Module):
 class ClipEmbeddingRetriever(Retriever):
     """CLIP's raw pooled embeddings in, one coarse query vector out, scored against L2(target) at scale 100."""
 
-    preset = {"grains": "coarse", "text_encoder": "clip", "clip_pool": "attnpool"}
+    preset = {"grains": "coarse", "text_encoder": "clip", "clip_pool": "attnpool", "caption_orders": "random4"}
     trains_frozen = True      # something besides the towers trains in stage 1
 
     def __init__(self, cfg, vocab_size: int, grains: list[str] | None = None, **kw):

@@ -240,3 +240,21 @@ def test_wrong_weight_file_is_one_error_line_and_status_2(tiny_root, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "torchvision ResNet" in lines[0]
+
+
+def test_fashioniq_caption_orders_random4_as_clip4cir(tmp_path):
+    from data.formats import open_dataset
+    from tests.helpers import dataset_config, write_fashioniq
+    annotations = [{"candidate": f"A{i}", "target": f"B{i}", "captions": [f"first {i}", f"second {i}"]}
+                   for i in range(40)]
+    write_fashioniq(tmp_path, annotations=annotations)
+    both = open_dataset(dataset_config(tmp_path, "fashioniq", categories="dress")).train_triplets(0)
+    assert len(both) == 80
+    fmt = open_dataset(dataset_config(tmp_path, "fashioniq", categories="dress", caption_orders="random4", seed=1))
+    epochs = [fmt.train_triplets(e) for e in range(3)]
+    assert all(len(t) == 40 for t in epochs) and epochs[0] == fmt.train_triplets(0)
+    forms = {i: {f"first {i} <and> second {i}", f"second {i} <and> first {i}", f"first {i}", f"second {i}"}
+             for i in range(40)}
+    assert all(t.text in forms[i] and t.reference == f"A{i}" for e in epochs for i, t in enumerate(e))
+    assert len({t.text.count("<and>") for t in epochs[0]}) == 2 and epochs[0] != epochs[1]
+    assert config.resolve(dict(model="combiner", backbone="clip-rn-tiny", crop_size=64)).caption_orders == "random4"
