@@ -168,6 +168,10 @@ class ClipResNet(nn.Module):
     def pool(self, c4: Tensor) -> Tensor:
         return self.visual.attnpool(c4)
 
+    def pool_parameters(self):
+        """The attention pooling's: trained only where the coarse grain uses it (DDP refuses unused ones)."""
+        return self.visual.attnpool.parameters()
+
 
 class ClipViT(nn.Module):
     """open_clip's VisionTransformer as a backbone: the token grid after the blocks the grains name
@@ -189,6 +193,10 @@ class ClipViT(nn.Module):
                                                 intermediates_only=not pooled)
         grid = dict(zip(indices, out["image_intermediates"]))
         return {g: grid[b - 1] for g, b in self.blocks.items()}, out.get("image_features")
+
+    def pool_parameters(self):
+        """The pooled embedding's projection: trained only where the coarse grain uses it."""
+        return [self.visual.proj]
 
 
 class ViTImageEncoder(nn.Module):
@@ -212,6 +220,8 @@ class ViTImageEncoder(nn.Module):
     def set_finetune(self, finetune: bool) -> None:
         self.finetune = finetune
         self.backbone.requires_grad_(finetune)
+        for p in self.backbone.pool_parameters():
+            p.requires_grad_(finetune and self.clip_pool == "attnpool")
         self.train(self.training)
 
     def train(self, mode: bool = True):

@@ -120,6 +120,9 @@ class ImageEncoder(nn.Module):
         self.finetune = finetune
         for p in self.backbone.parameters():
             p.requires_grad_(finetune)
+        if hasattr(self.backbone, "pool_parameters"):  # CLIP's attention pooling: trained only where it is used
+            for p in self.backbone.pool_parameters():
+                p.requires_grad_(finetune and self.attnpool)
         self.train(self.training)
 
     def train(self, mode: bool = True):

@@ -258,3 +258,19 @@ def test_fashioniq_caption_orders_random4_as_clip4cir(tmp_path):
     assert all(t.text in forms[i] and t.reference == f"A{i}" for e in epochs for i, t in enumerate(e))
     assert len({t.text.count("<and>") for t in epochs[0]}) == 2 and epochs[0] != epochs[1]
     assert config.resolve(dict(model="combiner", backbone="clip-rn-tiny", crop_size=64)).caption_orders == "random4"
+
+
+@pytest.mark.parametrize("backbone,pool", [("clip-rn-tiny", "gem"), ("clip-rn-tiny", "attnpool"),
+                                           ("clip-vit-tiny", "gem"), ("clip-vit-tiny", "attnpool")])
+def test_a_manme_step_on_clip_trains_what_it_uses(backbone, pool):
+    from losses import RetrievalLoss
+    cfg = config.resolve(dict(backbone=backbone, backbone_weights="none", crop_size=64, text_encoder="clip",
+                              embed_dim=32, clip_pool=pool, img_finetune=True, txt_finetune=True))
+    model = build_model(cfg, 0).train()
+    pooling = list(model.image_encoder.backbone.pool_parameters())
+    assert all(p.requires_grad == (pool == "attnpool") for p in pooling)  # an unused pooling never trains
+    tokens, lengths = pad_tokens([ClipTokens().encode(t) for t in ("red", "longer <and> blue", "a", "b")])
+    query, target = model(torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64), tokens, lengths)
+    RetrievalLoss(cfg)(model, query, target).total.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
