@@ -113,6 +113,8 @@ def plan_stages(cfg: Config, run_dir: Path) -> list[tuple[Config, Stage]]:
     """The stages `cfg` asks for, each with its own config (stage 1 frozen, stage 2 fine-tuning)."""
     stage1 = Stage(1, cfg.num_epochs, cfg.step_lr, run_dir / "stage1")
     stage2 = Stage(2, cfg.finetune_epochs, cfg.finetune_step_lr, run_dir / "stage2")
+    if cfg.two_stage and not VARIANTS[cfg.model].trains_frozen:  # clip-sum: nothing trains with frozen towers
+        return [(replace(cfg, img_finetune=True, txt_finetune=True), stage2)]
     if cfg.two_stage:
         return [(replace(cfg, img_finetune=False, txt_finetune=False), stage1),
                 (replace(cfg, img_finetune=True, txt_finetune=True), stage2)]
