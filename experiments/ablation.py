@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         show_plan(runs, args.out)
         return 0
     cfg = resolve(shared)
-    if not vocabulary_path(cfg).is_file():
+    if cfg.text_encoder != "clip" and not vocabulary_path(cfg).is_file():  # CLIP's tokenizer needs none
         raise UserError(f"{vocabulary_path(cfg)}: no vocabulary; build it first with `python vocab.py --dataset "
                         f"{cfg.dataset} --data_root {cfg.data_root} --vocab_dir {cfg.vocab_dir}`")
     check_output_dir(args.out, "--out")
