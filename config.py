@@ -63,7 +63,7 @@ class Config:
     dataset: str = opt("fashioniq", "Dataset format to read.", "data,vocab", choices=tuple(FORMATS))
     data_root: str = opt(os.environ.get("MANME_DATA_ROOT", "./datasets"),
                          "Folder holding one folder per dataset in the ARTEMIS release layout "
-                         "($MANME_DATA_ROOT when set).", "data,vocab")
+                         "($MANME_DATA_ROOT when set); docs/datasets.md.", "data,vocab")
     vocab_dir: str = opt("./vocab", "Where vocab.py writes, and train.py reads, <dataset>_vocab.json.", "data,vocab")
     categories: str = opt("dress,shirt,toptee", "FashionIQ categories, comma-separated (ignored for other datasets).",
                           "data,eval,vocab")
@@ -72,7 +72,7 @@ class Config:
     image_cache: str = opt("auto", "Prepared image cache (`python -m data.prepare`): auto (the data root's cache/ "
                            "folder, when it holds this dataset at this --crop_size), none (read the image files), "
                            "or a FOLDER. Images it lacks, or whose file changed since, are read from their files; "
-                           "the pixels are the same either way.", "data")
+                           "the pixels are the same either way (docs/image-cache.md).", "data")
     jpeg_draft: bool = opt(False, "(ours) Decode JPEG files at 1/2, 1/4 or 1/8 scale where the resize needs no "
                            "more (PIL's draft mode): about twice as fast on photos of 500 px and more, pixels off "
                            "by under 1 of 255 levels on average (tests/test_cache.py). Training only: cached "
@@ -164,8 +164,8 @@ class Config:
     num_epochs: int = opt(8, "Stage-1 epochs.", "train", check=at_least(1))
     finetune_epochs: int = opt(50, "Stage-2 epochs (used with --two_stage or when fine-tuning).", "train",
                                check=at_least(0))
-    batch_size: int = opt(32, "Training triplets per optimizer step (per process under torchrun).", "train",
-                          check=at_least(1))
+    batch_size: int = opt(32, "Training triplets per optimizer step (per process under torchrun: "
+                          "docs/distributed.md).", "train", check=at_least(1))
     lr: float = opt(5e-4, "AdamW learning rate.", "train", check=positive)
     weight_decay: float = opt(0.01, "AdamW weight decay (0.01: torch's default, which the ARTEMIS release uses "
                               "by setting none).", "train", check=at_least(0))
@@ -179,7 +179,8 @@ class Config:
     log_every: int = opt(10, "Print/TensorBoard interval in optimizer steps.", "train", check=at_least(1))
     save_every_steps: int = opt(0, "Also write last.pt every N optimizer steps (0: only at epoch end).", "train",
                                 check=at_least(0))
-    resume: str = opt("", "'auto' (newest good checkpoint of the experiment) or a checkpoint PATH.", "train")
+    resume: str = opt("", "'auto' (newest good checkpoint of the experiment) or a checkpoint PATH "
+                      "(docs/failures.md).", "train")
     overwrite: bool = opt(False, "Start over in an existing run folder: the old run is moved aside to "
                           "<exp_name>.old-<date-time>/ (never deleted).", "train")
     skip_nonfinite: bool = opt(False, "Skip batches whose loss is NaN/inf instead of stopping.", "train")
@@ -198,7 +199,8 @@ class Config:
                                 "the fixed input size and keep the fastest.", "train")
     channels_last: bool = opt(False, "Use channels-last memory format for the backbone.", "run")
     compile: bool = opt(False, "torch.compile the model.", "train")
-    gather_negatives: bool = opt(True, "Under torchrun, use the whole global batch as in-batch negatives.", "train")
+    gather_negatives: bool = opt(True, "Under torchrun, use the whole global batch as in-batch negatives "
+                                 "(docs/distributed.md).", "train")
     # --- evaluation ---
     split: str = opt("val", "Split to evaluate: val; test (Fashion200k, whose val reads the test queries too); test1 "
                      "(CIRR: no public targets; writes the CIRR evaluation server's two submission files).", "eval",

@@ -1,6 +1,6 @@
 """torchrun + DDP on the CPU (gloo, 2 processes) against a single process, on tiny synthetic Shoes data.
 
-The runs use the commands the README (Training on several GPUs) documents:
+The runs use the commands docs/distributed.md (Training on several GPUs) documents:
   torchrun --standalone --nproc_per_node 2 train.py ... --batch_size 4      (A: 2 processes x 4)
   python train.py ... --batch_size 8                                        (B: 1 process x 8)
   python evaluate.py --ckpt A/stage1/last.pt ...                            (C)
@@ -172,7 +172,7 @@ def test_resume_across_world_sizes(runs):
         shutil.copytree(runs[source], tmp / "runs" / name)
     resume = ["--output_dir", tmp / "runs", "--resume", "auto", "--max_steps", "2", "--no-validate"]
     run([sys.executable, *train_py("--exp_name", "d", "--batch_size", "8", *resume)], cwd=tmp / "cwd_d")
-    # E uses the multi-node form of the README (Training on several GPUs) (c10d rendezvous), with one node
+    # E uses the multi-node form of docs/distributed.md (Training on several GPUs) (c10d rendezvous), with one node
     run([*TORCHRUN, "--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
          "--rdzv_endpoint", f"localhost:{free_port()}", "--rdzv_id", "test_e",
          *train_py("--exp_name", "e", "--batch_size", "4", "--no-gather_negatives", *resume)], cwd=tmp / "cwd_e")

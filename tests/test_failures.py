@@ -1,5 +1,5 @@
 """Failure and recovery: the fourteen cases of the "nothing lost" issue, one test (or one parametrised test)
-each, numbered as in the README's table (section "Failure and recovery").
+each, numbered as in the table of docs/failures.md ("One owner per run, checked input").
 
 Each case either refuses with one `error: ...` line and exit status 2 (no traceback), warns, or does the
 documented thing (moves a run aside, takes over a stale lock, keeps the umask's permissions, reads a
