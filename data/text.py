@@ -8,6 +8,7 @@ needs no downloaded tokenizer data). On the public annotation files this gives
 """
 from __future__ import annotations
 
+import importlib
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -17,11 +18,6 @@ from pathlib import Path
 from nltk.tokenize import word_tokenize
 
 from utils.errors import UserError
-
-try:  # optional (requirements-clip.txt): --text_encoder clip
-    from open_clip.tokenizer import SimpleTokenizer
-except ImportError:  # pragma: no cover - the core install
-    SimpleTokenizer = None
 from utils.io import atomic_write_json, read_json
 
 PAD, START, AND, END, UNK = "<pad>", "<start>", "<and>", "<end>", "<unk>"
@@ -136,8 +132,6 @@ class ClipTokens(Vocabulary):
 
     def __init__(self, dataset: str = ""):
         super().__init__(list(SPECIALS), 0, dataset)
-        if SimpleTokenizer is None:
-            raise UserError("--text_encoder clip needs open_clip: `pip install -r requirements-clip.txt`")
         self.tokenizer = clip_tokenizer()
         self.size = len(self.tokenizer.encoder)
 
@@ -162,7 +156,11 @@ class ClipTokens(Vocabulary):
 
 @lru_cache(maxsize=1)
 def clip_tokenizer():
-    return SimpleTokenizer()
+    """open_clip's SimpleTokenizer, imported when --text_encoder clip needs it (an optional extra)."""
+    try:
+        return importlib.import_module("open_clip.tokenizer").SimpleTokenizer()
+    except ImportError:  # pragma: no cover - the core install
+        raise UserError("--text_encoder clip needs open_clip: `pip install -r requirements-clip.txt`") from None
 
 
 def vocabulary_path(cfg) -> Path:

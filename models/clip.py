@@ -8,9 +8,11 @@ depth, so their grains come from depth (ViT_DEPTHS).
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +20,8 @@ from torch import Tensor, nn
 
 from utils.errors import UserError
 
-try:  # optional: only the clip-* backbones, --text_encoder clip and the combiner variants need it
-    import open_clip
+if TYPE_CHECKING:
     from open_clip.model import CLIP
-    from safetensors.torch import load_file  # comes with open_clip
-except ImportError:  # pragma: no cover - the core install
-    open_clip = CLIP = load_file = None
 
 log = logging.getLogger("manme")
 
@@ -52,14 +50,24 @@ def is_clip(backbone: str) -> bool:
     return backbone in BACKBONES
 
 
-def require_open_clip(what: str) -> None:
-    if open_clip is None:
-        raise UserError(f"{what} needs open_clip: `pip install -r requirements-clip.txt`")
+def open_clip_package(what: str):
+    """open_clip, imported when a CLIP setting needs it (an optional extra; its import costs the default path
+    a second)."""
+    try:
+        return importlib.import_module("open_clip")
+    except ImportError:  # pragma: no cover - the core install
+        raise UserError(f"{what} needs open_clip: `pip install -r requirements-clip.txt`") from None
+
+
+def safetensors_torch():
+    """safetensors' torch functions (installed with open_clip)."""
+    open_clip_package("a .safetensors weights file")
+    return importlib.import_module("safetensors.torch")
 
 
 def clip_config(backbone: str, quick_gelu: bool) -> tuple[str, dict]:
     """(configuration name, open_clip model configuration) of a clip-* backbone."""
-    require_open_clip(f"--backbone {backbone}")
+    open_clip = open_clip_package(f"--backbone {backbone}")
     if backbone in SMALL_CONFIGS:
         config = {**SMALL_CONFIGS[backbone], "quick_gelu": quick_gelu}
         return backbone + ("-quickgelu" if quick_gelu else ""), config
@@ -73,7 +81,7 @@ def clip_config(backbone: str, quick_gelu: bool) -> tuple[str, dict]:
 def create_clip(backbone: str, weights: str, quick_gelu: bool = True) -> CLIP:
     """The open_clip model of a clip-* backbone with the weights of the file `weights` ('none': random init)."""
     name, config = clip_config(backbone, quick_gelu)
-    model = CLIP(**config)
+    model = open_clip_package(f"--backbone {backbone}").model.CLIP(**config)
     activation = "QuickGELU (OpenAI's weights)" if quick_gelu else "GELU (--no-clip_quickgelu)"
     if weights == "none":
         log.info(f"{backbone}: open_clip {name}, random init (--backbone_weights none); text tower {activation}")
@@ -105,6 +113,7 @@ def clip_weights_path(backbone: str, weights: str) -> Path:
 def read_state_dict(path: Path) -> dict:
     """A weights file's tensors, read without running code: safetensors, or torch.load(weights_only=True)."""
     if path.suffix == ".safetensors":
+        load_file = safetensors_torch().load_file
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for a damaged or foreign file

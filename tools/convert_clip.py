@@ -14,18 +14,13 @@ from pathlib import Path
 
 import torch
 
-from models.clip import OPENAI_SETTINGS, load_file, require_open_clip
+from models.clip import OPENAI_SETTINGS, safetensors_torch
 from utils.errors import UserError, run_command
-
-try:
-    from safetensors.torch import save_file
-except ImportError:  # pragma: no cover - the core install
-    save_file = None
 
 
 def convert(source: Path, out: Path) -> int:
     """Write `source`'s tensors to `out` (.safetensors); returns how many."""
-    require_open_clip("tools.convert_clip")
+    safetensors = safetensors_torch()
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such file")
     if out.suffix != ".safetensors":
@@ -40,8 +35,8 @@ def convert(source: Path, out: Path) -> int:
              for k, v in scripted.state_dict().items()
              if k not in OPENAI_SETTINGS and not k.endswith("attn_mask")}  # a constant open_clip rebuilds
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out))
-    assert load_file(str(out)).keys() == state.keys()
+    safetensors.save_file(state, str(out))
+    assert safetensors.load_file(str(out)).keys() == state.keys()
     print(f"wrote {out}: {len(state)} tensors (float32); pass it with --backbone_weights {out}")
     return len(state)
 
