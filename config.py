@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from data.formats import FORMATS
-from models import GRAINS, VARIANTS
+from data.images import IMAGENET, ImageStyle, clip_style
+from models import CLIP_BACKBONES, CLIP_INPUT_SIZES, GRAINS, VARIANTS, is_clip
 from utils.errors import UserError
 from utils.io import atomic_write_text, read_json
 
@@ -68,7 +69,7 @@ def opt(default, help: str, groups: str = "train", choices=None, check=None):
 
 
 # groups: vocab (vocab.py) · data, run (train, evaluate, tools) · model, train (train) · eval (train, evaluate)
-# · search (retrieve.py)
+# · search (retrieve.py) · zeroshot (evaluate.py without a checkpoint)
 @dataclass
 class Config:
     # --- data ---
@@ -89,15 +90,46 @@ class Config:
                            "more (PIL's draft mode): about twice as fast on photos of 500 px and more, pixels off "
                            "by under 1 of 255 levels on average (tests/test_cache.py). Training only: cached "
                            "images and evaluation are exact.", "train")
+    caption_orders: str = opt("both", "FashionIQ training texts: both (each annotation twice, its captions in both "
+                              "orders, as the ARTEMIS release) or random4 (CLIP4Cir, the combiner variants' preset: "
+                              "each annotation once per epoch as 'c1 and c2', 'c2 and c1', c1 or c2, drawn anew "
+                              "every epoch). Evaluation always uses both orders.", "train", choices=("both", "random4"))
     num_workers: int = opt(4, "DataLoader worker processes (0 loads in the main process).", "train,eval,search",
                            check=between(0, 256))
     # --- model ---
-    model: str = opt("manme", "Model variant (MANME.md §4, variants).", "model", choices=tuple(VARIANTS))
-    backbone: str = opt("resnet50", "Image backbone.", "model", choices=("resnet50", "resnet18"))
+    model: str = opt("manme", "Model variant (MANME.md §4, variants; combiner and clip-sum: the CLIP4Cir baselines "
+                     "on CLIP towers). evaluate.py without --ckpt: --model clip-sum evaluates the CLIP towers of "
+                     "--backbone_weights zero-shot.", "model,zeroshot", choices=tuple(VARIANTS))
+    backbone: str = opt("resnet50", "Image backbone: a torchvision ResNet, or a CLIP image tower (open_clip, "
+                        "requirements-clip.txt): clip-rn50/clip-rn50x4 feed their stage maps to the top-down "
+                        "pathway; clip-vit-b-32/-b-16 have one grid size at every depth, so their grains come from "
+                        "depth (blocks 4, 8, 12 of 12: fine, mid, coarse); clip-rn-tiny/clip-vit-tiny are our small "
+                        "configurations for tests and synthetic runs.", "model,data",
+                        choices=("resnet50", "resnet18") + CLIP_BACKBONES)
     backbone_weights: str = opt("default",
-                                "ImageNet state dict for the backbone: a PATH, 'default' (torchvision's cache: "
+                                "Weights of the backbone: a PATH, 'default' (ResNets: torchvision's cache, "
                                 "$TORCH_HOME/hub/checkpoints/<arch>-<hash>.pth), or 'none' to train from scratch. "
-                                "Never downloaded.", "model")
+                                "CLIP towers: open_clip's state-dict file of the whole CLIP model (.safetensors, "
+                                ".bin, epoch_N.pt), whose text half --text_encoder clip uses; OpenAI's TorchScript "
+                                ".pt files need `python -m tools.convert_clip IN.pt OUT.safetensors` once. "
+                                "Never downloaded.", "model,zeroshot")
+    clip_pool: str = opt("gem", "CLIP towers: pooling of the coarse grain: gem (as the other grains), or attnpool "
+                         "(CLIP's own pooled embedding: RN attention pooling, ViT class token, then projected to "
+                         "--embed_dim; it needs the tower's input size as --crop_size: 224, 288 for clip-rn50x4).",
+                         "model", choices=("gem", "attnpool"))
+    clip_quickgelu: bool = opt(True, "CLIP towers: build open_clip's -quickgelu configuration (QuickGELU, as "
+                               "OpenAI's weights were trained; for RN towers it changes the text tower only); "
+                               "--no-clip_quickgelu for weights trained with GELU (e.g. LAION's ViT files).",
+                               "model,zeroshot")
+    pad_ratio: float = opt(1.25, "CLIP towers: CLIP4Cir's target padding: images whose long/short side ratio "
+                           "exceeds this are padded with black to it, then resized (bicubic, short side) and "
+                           "centre-cropped to --crop_size; normalised with CLIP's mean and std. (ResNets pad to a "
+                           "white square as the ARTEMIS release.)", "model,data",
+                           check=between(1, 100, " (a wider pad leaves no image to see)"))
+    text_encoder: str = opt("gru", "Text encoder: gru (word embeddings + BiGRU, needs vocab.py's vocabulary) or "
+                            "clip (the CLIP text transformer of the --backbone_weights file with open_clip's "
+                            "bundled BPE tokenizer: no vocabulary; needs a clip-* --backbone).", "model,vocab",
+                            choices=("gru", "clip"))
     embed_dim: int = opt(512, "Joint embedding size d.", "model", check=between(1, 16384))
     word_dim: int = opt(300, "Word embedding size.", "model", check=between(1, 4096))
     glove_path: str = opt("", "GloVe text file (glove.*.300d.txt) to initialise word embeddings; empty = random init.",
@@ -131,7 +163,15 @@ class Config:
                            check=between(0, 1000))
     # --- training ---
     img_finetune: bool = opt(False, "Stage 2: fine-tune the image backbone.", "train")
-    txt_finetune: bool = opt(False, "Stage 2: fine-tune the word embeddings.", "train")
+    txt_finetune: bool = opt(False, "Stage 2: fine-tune the word embeddings (the CLIP text tower with "
+                             "--text_encoder clip).", "train")
+    clip_lr_mult: float = opt(0.01, "(ours) Stage 2: learning-rate multiplier of the CLIP towers (text, and "
+                              "image when the backbone is CLIP) against --lr; pretrained transformers do not "
+                              "survive the compositor's lr (CLIP4Cir fine-tunes them at 2e-6).", "train",
+                              check=above(0, 1e6, " (--lr times it must stay a usable learning rate)"))
+    towers_ckpt: str = opt("", "A checkpoint of a CLIP run (e.g. --model clip-sum fine-tuned: CLIP4Cir's stage 1) "
+                           "whose CLIP towers this run starts from instead of --backbone_weights' (same --backbone).",
+                           "train")
     two_stage: bool = opt(False, "Run stage 1 (--num_epochs) then stage 2 (--finetune_epochs) in one command.", "train")
     ckpt: str = opt("", "Checkpoint to start stage 2 from (train) or to evaluate (evaluate).", "train,eval")
     stage2_start: str = opt("continue", "How stage 2 starts: continue (the ARTEMIS release: the last stage-1 "
@@ -206,6 +246,11 @@ class Config:
         return dict(zip(GRAINS, values))
 
     @property
+    def image_style(self) -> ImageStyle:
+        """How images become this backbone's input (data.images): CLIP towers have their own."""
+        return clip_style(self.pad_ratio) if is_clip(self.backbone) else IMAGENET
+
+    @property
     def category_list(self) -> list[str]:
         return [c.strip() for c in self.categories.split(",") if c.strip()]
 
@@ -241,9 +286,27 @@ class Config:
         if self.exp_name in ("", ".", "..") or "/" in self.exp_name or "\\" in self.exp_name:
             raise UserError(f"--exp_name {self.exp_name!r}: give a plain folder name (no path separator, not "
                             f"empty, not . or ..); the run goes to --output_dir/<exp_name>")
+        self.validate_clip()
         if (self.two_stage or self.img_finetune or self.txt_finetune) and self.finetune_epochs < 1:
             raise UserError(f"--finetune_epochs {self.finetune_epochs}: stage 2 needs at least one epoch; "
                             f"drop --two_stage/--img_finetune/--txt_finetune to train stage 1 only")
+
+    def validate_clip(self) -> None:
+        """The settings that need a CLIP tower, and the input size CLIP's pooling is fixed to."""
+        if not is_clip(self.backbone):
+            if self.text_encoder == "clip":
+                raise UserError(f"--text_encoder clip takes the text tower of a CLIP model: pass a clip-* --backbone "
+                                f"(with its --backbone_weights), not {self.backbone}")
+            if self.clip_pool != "gem":
+                raise UserError(f"--clip_pool {self.clip_pool} needs a clip-* --backbone, not {self.backbone}")
+            return
+        size = CLIP_INPUT_SIZES[self.backbone]
+        vit = "vit" in self.backbone
+        if (vit or self.clip_pool == "attnpool") and self.crop_size != size:
+            why = "its position table" if vit else "--clip_pool attnpool: its position table"
+            raise UserError(f"--crop_size {self.crop_size}: {self.backbone} needs {size} ({why} is fixed to the "
+                            f"weights' input size); pass --crop_size {size}"
+                            + ("" if vit else " or --clip_pool gem"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -314,7 +377,8 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 # Model settings added after runs had been saved, with the value a saved config (a checkpoint's, a run's
 # config.json) that lacks the key was trained with, which today's default need not be.
-SAVED_WITHOUT: dict[str, Any] = {"fpn_relu": False}
+SAVED_WITHOUT: dict[str, Any] = {"fpn_relu": False, "text_encoder": "gru", "clip_pool": "gem",
+                                 "clip_quickgelu": True, "pad_ratio": 1.25}
 
 
 def saved_setting(saved: dict[str, Any], key: str) -> Any:

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from config import parse_config
+from config import build_parser, given_flags, resolve
 from data.formats import build_vocabulary
 from data.text import vocabulary_path
 from utils.errors import command_status, run_command
@@ -17,7 +17,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build(argv: list[str] | None) -> None:
-    cfg = parse_config("vocab", "Build the vocabulary from the training captions of --dataset.", argv)
+    explicit = given_flags(build_parser("vocab", "Build the vocabulary from the training captions of --dataset.")
+                           .parse_args(argv))
+    if explicit.get("text_encoder") == "clip":
+        print("--text_encoder clip uses open_clip's bundled BPE tokenizer: no vocabulary is needed, nothing written")
+        return
+    cfg = resolve(explicit)
     path = vocabulary_path(cfg)
     check_output_file(path, "--vocab_dir")
     vocab = build_vocabulary(cfg)

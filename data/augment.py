@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from data.images import IMAGENET_MEAN, IMAGENET_STD
+from data.images import IMAGENET, ImageStyle
 
 
 def draw_train_crop(size: int, crop: int, generator: torch.Generator) -> tuple[int, int, bool]:
@@ -39,17 +39,18 @@ def center_crop_offset(size: int, crop: int) -> int:
 
 
 @functools.cache
-def normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """255, the ImageNet mean and std on `device`, made once: building a CUDA tensor from numbers
+def normalize_constants(device: torch.device, style: ImageStyle = IMAGENET
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """255, the style's mean and std on `device`, made once: building a CUDA tensor from numbers
     copies them from the host with a blocking copy, a wait for the GPU at every batch otherwise."""
     levels = torch.tensor(255.0, dtype=torch.float32).to(device)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None].to(device)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None].to(device)
+    mean = torch.tensor(style.mean, dtype=torch.float32)[:, None, None].to(device)
+    std = torch.tensor(style.std, dtype=torch.float32)[:, None, None].to(device)
     return levels, mean, std
 
 
-def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, contiguous: ToTensor then Normalize(ImageNet)."""
+def normalize(pixels: torch.Tensor, style: ImageStyle = IMAGENET) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, contiguous: ToTensor then Normalize(the style's mean, std)."""
     n, height, width, _ = pixels.shape
     # one pass converts and transposes, then three in place: allocating a new tensor per operation made
     # this several times slower on a CPU core (the same operations in the same order: the same values)
@@ -57,21 +58,24 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     x.copy_(pixels.permute(0, 3, 1, 2))
     # 255 as a tensor, not a number: CUDA turns a division by a CPU scalar into a multiplication by
     # its reciprocal, one ulp off ToTensor's division on some pixels
-    levels, mean, std = normalize_constants(x.device)
+    levels, mean, std = normalize_constants(x.device, style)
     return x.div_(levels).sub_(mean).div_(std)
 
 
-def crop_flip_normalize(pixels: torch.Tensor, crops: torch.Tensor, crop: int) -> torch.Tensor:
+def crop_flip_normalize(pixels: torch.Tensor, crops: torch.Tensor, crop: int,
+                        style: ImageStyle = IMAGENET) -> torch.Tensor:
     """(B, S, S, 3) uint8 prepared pixels and (B, 3) int (top, left, flip) -> (B, 3, crop, crop) model input."""
+    if not style.flip:  # (CLIP towers) the flips drawn are not applied
+        crops = crops * torch.tensor([1, 1, 0], dtype=crops.dtype, device=crops.device)
     if pixels.device.type != "cpu":
-        return normalize(gather_crops(pixels, crops, crop))
+        return normalize(gather_crops(pixels, crops, crop), style)
     # one slice (a view) per image, copied once by stack: on a CPU core ten times faster than one gather
     # with index tensors (on a GPU, each copy would be a kernel to launch: gather_crops)
     views = []
     for b, (top, left, flip) in enumerate(crops.tolist()):
         view = pixels[b, top:top + crop, left:left + crop]
         views.append(view.flip(1) if flip else view)  # axis 1 of (H, W, 3) is the width: a horizontal flip
-    return normalize(torch.stack(views))
+    return normalize(torch.stack(views), style)
 
 
 def gather_crops(pixels: torch.Tensor, crops: torch.Tensor, crop: int) -> torch.Tensor:
@@ -89,7 +93,7 @@ def gather_crops(pixels: torch.Tensor, crops: torch.Tensor, crop: int) -> torch.
     return pixels[images[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def center_crop_normalize(pixels: torch.Tensor, crop: int) -> torch.Tensor:
+def center_crop_normalize(pixels: torch.Tensor, crop: int, style: ImageStyle = IMAGENET) -> torch.Tensor:
     """(B, S, S, 3) uint8 prepared pixels -> (B, 3, crop, crop) model input, as eval_transform."""
     offset = center_crop_offset(pixels.shape[1], crop)
-    return normalize(pixels[:, offset:offset + crop, offset:offset + crop])
+    return normalize(pixels[:, offset:offset + crop, offset:offset + crop], style)

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data.images import prepared_pixels, resize_size
+from data.images import IMAGENET, ImageStyle, prepared_pixels
 from utils.errors import UserError
 
 CACHE_FORMAT = "manme-image-cache"
 CACHE_VERSION = 1
 
 
-def cache_stem(dataset: str, split: str, size: int) -> str:
-    return f"{dataset}-{split}-{size}"
+def cache_stem(dataset: str, split: str, size: int, style: ImageStyle = IMAGENET) -> str:
+    return f"{dataset}-{split}-{size}{style.cache_tag}"
 
 
 def file_stamp(path: str | Path) -> tuple[int, int] | None:
@@ -58,17 +58,18 @@ def read_index(path: Path) -> dict:
     return index
 
 
-def cache_indexes(folder: Path, dataset: str, size: int) -> list[Path]:
-    """The index files (complete or partial) of `dataset` at `size` in `folder`."""
-    return sorted(folder.glob(f"{cache_stem(dataset, '*', size)}.json")) if folder.is_dir() else []
+def cache_indexes(folder: Path, dataset: str, size: int, style: ImageStyle = IMAGENET) -> list[Path]:
+    """The index files (complete or partial) of `dataset` at `size` in `style` in `folder`."""
+    return sorted(folder.glob(f"{cache_stem(dataset, '*', size, style)}.json")) if folder.is_dir() else []
 
 
-def current_rows(folder: Path, dataset: str, size: int, data_root: Path) -> tuple[dict[str, CacheRow], int]:
+def current_rows(folder: Path, dataset: str, size: int, data_root: Path,
+                 style: ImageStyle = IMAGENET) -> tuple[dict[str, CacheRow], int]:
     """(absolute file path -> its cached row, for every row whose file is unchanged; rows found stale).
     Rows a partial prepare has not reached yet are left out: their images come from the files."""
     rows: dict[str, CacheRow] = {}
     stale = 0
-    for index_path in cache_indexes(folder, dataset, size):
+    for index_path in cache_indexes(folder, dataset, size, style):
         index = read_index(index_path)
         array, done_path = index_path.with_suffix(".npy"), index_path.with_suffix(".done.npy")
         try:
@@ -95,8 +96,8 @@ class PixelSource:
     Pickled into DataLoader workers: each process opens the memory-mapped arrays itself, on first use."""
 
     def __init__(self, size: int, rows: dict[str, CacheRow] | None = None, upright: bool = False,
-                 draft: bool = False):
-        self.size, self.rows, self.upright, self.draft = size, rows or {}, upright, draft
+                 draft: bool = False, style: ImageStyle = IMAGENET):
+        self.size, self.rows, self.upright, self.draft, self.style = size, rows or {}, upright, draft, style
         self._arrays: dict[str, np.ndarray] = {}
 
     def __getstate__(self):
@@ -108,7 +109,7 @@ class PixelSource:
     def __call__(self, path: str | Path) -> np.ndarray:
         hit = None if self.upright else self.rows.get(os.path.abspath(path))
         if hit is None:  # user images (upright) are always read from the file: the cache ignores EXIF, as datasets do
-            return prepared_pixels(path, self.size, self.upright, self.draft)
+            return prepared_pixels(path, self.size, self.upright, self.draft, self.style)
         array = self._arrays.get(hit.array)
         if array is None:
             array = self._arrays[hit.array] = np.load(hit.array, mmap_mode="r")
@@ -121,26 +122,28 @@ def default_cache_folder(data_root: str | Path) -> Path:
 
 def open_pixel_source(cfg, log=print, training: bool = False) -> PixelSource:
     """The pixel source for a run: --image_cache auto (the data root's cache/ folder, when it holds this
-    dataset at this crop's size), none (image files only) or a folder. --jpeg_draft applies to `training`
-    sources only: evaluation reads exact pixels."""
-    size = resize_size(cfg.crop_size)
+    dataset at this crop's size and the backbone's image style), none (image files only) or a folder.
+    --jpeg_draft applies to `training` sources only: evaluation reads exact pixels."""
+    style = cfg.image_style
+    size = style.prepared_size(cfg.crop_size)
     draft = training and cfg.jpeg_draft
     if cfg.image_cache == "none":
-        return PixelSource(size, draft=draft)
+        return PixelSource(size, draft=draft, style=style)
     data_root = Path(cfg.data_root).expanduser()
     folder = default_cache_folder(data_root) if cfg.image_cache == "auto" else Path(cfg.image_cache).expanduser()
     if cfg.image_cache != "auto" and not folder.is_dir():
         raise UserError(f"--image_cache {folder}: no such folder; write it with `python -m data.prepare --dataset "
                         f"{cfg.dataset} --data_root {cfg.data_root} --out {folder}`, or pass --image_cache none")
-    if not cache_indexes(folder, cfg.dataset, size):
+    if not cache_indexes(folder, cfg.dataset, size, style):
         other = sorted(p.name for p in folder.glob(f"{cfg.dataset}-*.json")) if folder.is_dir() else []
         if other or cfg.image_cache != "auto":
-            log(f"image cache {folder} has no {cfg.dataset} images at {size} px (--crop_size {cfg.crop_size}"
-                f"{'; it holds ' + ', '.join(other) if other else ''}); reading the image files. "
-                f"`python -m data.prepare --dataset {cfg.dataset} --size {size}` writes one")
-        return PixelSource(size, draft=draft)
-    rows, stale = current_rows(folder, cfg.dataset, size, data_root)
-    log(f"using the prepared image cache {folder} ({len(rows)} {cfg.dataset} images at {size} px"
+            log(f"image cache {folder} has no {cfg.dataset} images at {size} px{style.cache_tag} (--crop_size "
+                f"{cfg.crop_size}, --backbone {cfg.backbone}{'; it holds ' + ', '.join(other) if other else ''}); "
+                f"reading the image files. `python -m data.prepare --dataset {cfg.dataset} --size {size}"
+                f"{f' --backbone {cfg.backbone}' if style.cache_tag else ''}` writes one")
+        return PixelSource(size, draft=draft, style=style)
+    rows, stale = current_rows(folder, cfg.dataset, size, data_root, style)
+    log(f"using the prepared image cache {folder} ({len(rows)} {cfg.dataset} images at {size} px{style.cache_tag}"
         f"{f'; {stale} changed since and read from their files' if stale else ''}; --image_cache none reads "
         f"the image files)")
-    return PixelSource(size, rows, draft=draft)
+    return PixelSource(size, rows, draft=draft, style=style)

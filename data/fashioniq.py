@@ -12,6 +12,7 @@ image list. The test captions carry no targets, so only val can be evaluated.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 from data.base import DatasetFormat, EvalSplit, Query, Triplet, find_child, json_entries, name_list, text_field
@@ -32,6 +33,7 @@ class FashionIQ(DatasetFormat):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.categories = cfg.category_list
+        self.caption_orders, self.seed = getattr(cfg, "caption_orders", "both"), getattr(cfg, "seed", 0)
         if not self.categories:
             raise ValueError("--categories is empty; use e.g. dress,shirt,toptee")
         self.captions_dir, self.splits_dir = self._annotation_dirs()
@@ -87,7 +89,19 @@ class FashionIQ(DatasetFormat):
         return [c for cat in self.categories for a in self._annotations(cat, "train") for c in a["captions"]]
 
     def train_triplets(self, epoch: int = 0) -> list[Triplet]:
-        return [Triplet(ref, text, tgt, cat) for cat in self.categories for ref, text, tgt in self._pairs(cat, "train")]
+        triplets = [Triplet(ref, text, tgt, cat) for cat in self.categories
+                    for ref, text, tgt in self._pairs(cat, "train")]
+        if self.caption_orders == "both":
+            return triplets
+        # random4 (CLIP4Cir): each annotation once per epoch as "c1 and c2", "c2 and c1", c1 or c2, drawn anew
+        # every epoch (seeded by --seed and the epoch)
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        out = []
+        for forward in triplets[::2]:
+            first, _, second = forward.text.partition(CAPTION_JOIN)
+            text = rng.choice([forward.text, second + CAPTION_JOIN + first, first, second])
+            out.append(Triplet(forward.reference, text, forward.target, forward.category))
+        return out
 
     def eval_splits(self, split: str) -> list[EvalSplit]:
         if split == "test":

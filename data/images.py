@@ -1,7 +1,12 @@
-"""Image loading and transforms (MANME.md §5, training recipe): pad to a white square, resize, crop, normalise."""
+"""Image loading and transforms (MANME.md §5, training recipe): pad to a white square, resize, crop, normalise.
+
+CLIP towers use their own style (ImageStyle): CLIP4Cir's target padding (black, only beyond a long/short side
+ratio), a bicubic resize of the short side and a centre crop to the input size, CLIP's mean and std.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,39 @@ from torchvision import transforms
 WHITE = (255, 255, 255)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# open_clip's OPENAI_DATASET_MEAN / _STD, the normalisation of every CLIP tower here (tests/test_clip.py checks)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageStyle:
+    """How an image file becomes the model's input. `pad` "square": a white square resized to
+    resize_size(crop), then a random (training) or centre crop (ARTEMIS). "targetpad" (CLIP towers, CLIP4Cir):
+    black padding of the short side up to a long/short ratio of `ratio`, bicubic resize of the short side to
+    the crop size, centre crop; the prepared pixels are then the crop itself, and training uses them as they
+    are (no flip, as CLIP4Cir trains): the model's input of an image is the same at every epoch."""
+    pad: str = "square"
+    ratio: float = 1.25
+    flip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def prepared_size(self, crop: int) -> int:
+        """The side of the prepared pixels (what the cache stores) for a crop of `crop`."""
+        return resize_size(crop) if self.pad == "square" else crop
+
+    @property
+    def cache_tag(self) -> str:
+        """What the cache's file names add for this style ("" for the default: older caches stay valid)."""
+        return "" if self.pad == "square" else f"-targetpad{round(self.ratio * 100)}"
+
+
+IMAGENET = ImageStyle()
+
+
+def clip_style(ratio: float) -> ImageStyle:
+    return ImageStyle("targetpad", ratio, False, CLIP_MEAN, CLIP_STD)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -43,8 +81,9 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def load_image(path: str | Path, upright: bool = False, draft: int | None = None) -> Image.Image:
-    """The image as an RGB square; a missing, empty or corrupt file raises naming it.
+def load_image(path: str | Path, upright: bool = False, draft: int | None = None,
+               square: bool = True) -> Image.Image:
+    """The image as an RGB square (as it is with square=False); a missing, empty or corrupt file raises naming it.
 
     `upright` applies the EXIF orientation tag (a phone photo taken sideways): for a user's own
     images. Dataset images are read as the published pipelines read them, tag ignored.
@@ -67,7 +106,27 @@ def load_image(path: str | Path, upright: bool = False, draft: int | None = None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}); re-download it "
                          f"(`python -m data.check` lists every such file)") from None
-    return pad_to_square(rgb)
+    return pad_to_square(rgb) if square else rgb
+
+
+def target_pad(image: Image.Image, ratio: float) -> Image.Image:
+    """CLIP4Cir's target padding: when long/short side exceeds `ratio`, pad the short side with black, equally
+    on both sides, until the ratio is about `ratio`; else the image as it is."""
+    w, h = image.size
+    if max(w, h) / min(w, h) < ratio:
+        return image
+    short = max(w, h) / ratio
+    horizontal, vertical = max(int((short - w) / 2), 0), max(int((short - h) / 2), 0)
+    canvas = Image.new("RGB", (w + 2 * horizontal, h + 2 * vertical), (0, 0, 0))
+    canvas.paste(image, (horizontal, vertical))
+    return canvas
+
+
+def clip_pixels(image: Image.Image, size: int, ratio: float) -> np.ndarray:
+    """Target padding, bicubic resize of the short side to `size`, centre crop: (size, size, 3) uint8."""
+    image = transforms.functional.resize(target_pad(image, ratio), size,
+                                         interpolation=transforms.InterpolationMode.BICUBIC)
+    return np.array(transforms.functional.center_crop(image, [size, size]), dtype=np.uint8)
 
 
 def resize_size(crop_size: int) -> int:
@@ -81,9 +140,13 @@ def resize_square(image: Image.Image, size: int) -> np.ndarray:
     return np.array(transforms.functional.resize(image, [size, size]), dtype=np.uint8)
 
 
-def prepared_pixels(path: str | Path, size: int, upright: bool = False, draft: bool = False) -> np.ndarray:
+def prepared_pixels(path: str | Path, size: int, upright: bool = False, draft: bool = False,
+                    style: ImageStyle = IMAGENET) -> np.ndarray:
     """The deterministic part of the transform from the file: load_image (RGB, white square), then resize.
-    `draft` decodes JPEGs at a reduced scale first (faster; pixels differ slightly, see load_image)."""
+    `draft` decodes JPEGs at a reduced scale first (faster; pixels differ slightly, see load_image).
+    A targetpad `style`: clip_pixels instead (no draft decoding)."""
+    if style.pad == "targetpad":
+        return clip_pixels(load_image(path, upright, square=False), size, style.ratio)
     return resize_square(load_image(path, upright, size if draft else None), size)
 
 

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, get_worker_info
 from data.augment import crop_flip_normalize, draw_train_crop
 from data.base import DatasetFormat, EvalSplit, Triplet
 from data.cache import PixelSource
+from data.images import IMAGENET, ImageStyle
 from data.text import Vocabulary
 
 
@@ -46,11 +47,11 @@ class TripletBatch:
     def pin_memory(self) -> TripletBatch:  # called by DataLoader(pin_memory=True)
         return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
-    def images(self, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def images(self, crop: int, style: ImageStyle = IMAGENET) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's (reference, target) inputs, (B, 3, crop, crop) float32, made where the batch is
         (move it to the GPU first: the pixels travel as uint8)."""
-        return (crop_flip_normalize(self.reference, self.crops[:, 0], crop),
-                crop_flip_normalize(self.target, self.crops[:, 1], crop))
+        return (crop_flip_normalize(self.reference, self.crops[:, 0], crop, style),
+                crop_flip_normalize(self.target, self.crops[:, 1], crop, style))
 
     def __len__(self) -> int:
         return len(self.index)

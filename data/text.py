@@ -8,6 +8,7 @@ needs no downloaded tokenizer data). On the public annotation files this gives
 """
 from __future__ import annotations
 
+import importlib
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -122,12 +123,55 @@ class Vocabulary:
             raise UserError(f"{path}: not a vocabulary file ({e}); rebuild it with vocab.py") from None
 
 
+class ClipTokens(Vocabulary):
+    """--text_encoder clip: open_clip's bundled BPE tokenizer (read from the installed wheel, nothing downloaded)
+    behind the Vocabulary interface. No vocabulary file: `tokens` holds only the special tokens, `kind` says
+    which tokenizer a checkpoint's texts need. FashionIQ's two captions are joined with "and", as CLIP4Cir does."""
+
+    kind = "clip-bpe"
+
+    def __init__(self, dataset: str = ""):
+        super().__init__(list(SPECIALS), 0, dataset)
+        self.tokenizer = clip_tokenizer()
+        self.size = len(self.tokenizer.encoder)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def encode(self, text: str) -> list[int]:
+        """Start token, BPE ids, end-of-text token, truncated to CLIP's 77 positions (the end token kept);
+        0-padding is added per batch (pad_tokens), and by the text tower up to 77."""
+        ids = self.tokenizer([" and ".join(part.strip() for part in text.split(AND))])[0]
+        return ids[:int(ids.argmax()) + 1].tolist()  # up to the end-of-text token, the largest id
+
+    def unknown_share(self, texts: Iterable[str]) -> float:
+        return 0.0  # byte-level BPE: every text has a spelling
+
+    def unknown_words(self, text: str) -> list[str]:
+        return []
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i])
+
+
+@lru_cache(maxsize=1)
+def clip_tokenizer():
+    """open_clip's SimpleTokenizer, imported when --text_encoder clip needs it (an optional extra)."""
+    try:
+        return importlib.import_module("open_clip.tokenizer").SimpleTokenizer()
+    except ImportError:  # pragma: no cover - the core install
+        raise UserError("--text_encoder clip needs open_clip: `pip install -r requirements-clip.txt`") from None
+
+
 def vocabulary_path(cfg) -> Path:
     return Path(cfg.vocab_dir) / f"{cfg.dataset}_vocab.json"
 
 
 def load_vocabulary(cfg) -> Vocabulary:
-    """The vocabulary of cfg.dataset from --vocab_dir; one built for another dataset, or holding no word, is refused."""
+    """The vocabulary of cfg.dataset from --vocab_dir; one built for another dataset, or holding no word, is refused.
+    With --text_encoder clip, open_clip's tokenizer (no file)."""
+    if getattr(cfg, "text_encoder", "gru") == "clip":
+        return ClipTokens(cfg.dataset)
     path = vocabulary_path(cfg)
     rebuild = (f"`python vocab.py --dataset {cfg.dataset} --data_root {cfg.data_root} --vocab_dir {cfg.vocab_dir}`")
     if not path.is_file():

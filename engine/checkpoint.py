@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.text import Vocabulary
+from data.text import ClipTokens, Vocabulary
 from utils.io import atomic_write
 
 
@@ -124,6 +124,8 @@ def checkpoint_vocabulary(checkpoint: dict, source: str | Path) -> Vocabulary:
     if not isinstance(saved, dict) or "tokens" not in saved:
         raise CheckpointError(f"{source}: the checkpoint holds no vocabulary; is it a manme checkpoint "
                               f"(written by train.py)?")
+    if saved.get("kind") == ClipTokens.kind:
+        return ClipTokens(saved.get("dataset", ""))
     try:
         return Vocabulary(list(saved["tokens"]), saved.get("words_count", 0), saved.get("dataset", ""))
     except ValueError as e:
@@ -131,4 +133,5 @@ def checkpoint_vocabulary(checkpoint: dict, source: str | Path) -> Vocabulary:
 
 
 def vocab_state(vocab: Vocabulary) -> dict:
-    return {"tokens": list(vocab.tokens), "words_count": vocab.words_count, "dataset": vocab.dataset}
+    kind = {"kind": vocab.kind} if isinstance(vocab, ClipTokens) else {}
+    return {"tokens": list(vocab.tokens), "words_count": vocab.words_count, "dataset": vocab.dataset, **kind}

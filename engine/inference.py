@@ -15,9 +15,9 @@ from tqdm import tqdm
 from config import resolve
 from data.augment import center_crop_normalize
 from data.cache import PixelSource
-from data.images import resize_size
+from data.images import IMAGENET, ImageStyle
 from data.loaders import ImageList, collate_images, ignore_stop_signals, pad_tokens
-from data.text import Vocabulary
+from data.text import ClipTokens, Vocabulary
 from engine.checkpoint import CheckpointError, checkpoint_vocabulary, load_checkpoint, strip_ddp_prefix
 from engine.ranking import RankResult, check_finite, rank_queries
 from models import ComposedQuery, Retriever, build_model
@@ -26,7 +26,9 @@ from utils.errors import UserError
 from utils.precision import amp_dtype, autocast, pick_device
 
 # settings the weights and the vocabulary were trained for
-FIXED_BY_CHECKPOINT = ("dataset", "crop_size", "model", "backbone", "grains", "embed_dim", "word_dim")
+FIXED_BY_CHECKPOINT = ("dataset", "crop_size", "model", "backbone", "grains", "embed_dim", "word_dim", "text_encoder",
+                       "clip_quickgelu", "pad_ratio")
+ZERO_SHOT = ("clip-sum",)  # variants that evaluate.py can run with no training (from --backbone_weights)
 
 
 @dataclass
@@ -68,6 +70,18 @@ def load_trained(checkpoint_path: str | Path, explicit: dict | None = None) -> T
     return Trained(model.to(device).eval(), cfg, vocab, device, precision)
 
 
+def load_zero_shot(explicit: dict) -> Trained:
+    """A variant that needs no training (clip-sum: CLIP's image + text embeddings), from --backbone_weights."""
+    cfg = resolve({k: v for k, v in explicit.items() if k not in ("ckpt", "resume")})
+    if cfg.model not in ZERO_SHOT:
+        raise UserError(f"--model {cfg.model} needs training: pass --ckpt PATH (only {', '.join(ZERO_SHOT)} "
+                        f"evaluates without a checkpoint)")
+    device = pick_device(cfg.device)
+    model = build_model(cfg, 0)
+    return Trained(model.to(device).eval(), cfg, ClipTokens(cfg.dataset), device,
+                   amp_dtype(explicit.get("amp", "off"), device))
+
+
 @dataclass
 class ImageEmbeddings:
     features: dict[str, torch.Tensor]   # grain -> (len(kept), d) float32, row r is paths[kept[r]]
@@ -82,8 +96,9 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
                  source: PixelSource | None = None) -> ImageEmbeddings:
     """Embed image files at the evaluation crop; unreadable files are reported in `errors`, not embedded.
 
-    `source` gives the prepared pixels (data.cache: the image cache where it holds a file); by default the
-    files are read, with their EXIF orientation applied when `upright` (a user's photos).
+    `source` gives the prepared pixels (data.cache: the image cache where it holds a file) in its image style;
+    by default the files are read in the model's image style (config.image_style), with their EXIF orientation
+    applied when `upright` (a user's photos).
 
     Under torchrun each rank embeds a shard and the features are gathered; a distributed caller
     gets every row or, when any rank met an unreadable file, a ValueError on every rank."""
@@ -91,7 +106,8 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
     n = len(paths)
     per_rank = -(-n // dist_info.world_size)
     offset = dist_info.rank * per_rank
-    source = source or PixelSource(resize_size(crop_size), upright=upright)
+    style: ImageStyle = getattr(model, "image_style", None) or IMAGENET
+    source = source or PixelSource(style.prepared_size(crop_size), upright=upright, style=style)
     loader = DataLoader(ImageList(paths[offset:offset + per_rank], source),
                         batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images,
                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
@@ -103,7 +119,7 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
             continue
         with autocast(device, amp_dtype):
             pixels = batch["image"].to(device, non_blocking=True)  # uint8: crop and normalise where the model is
-            feats = model.encode_images(center_crop_normalize(pixels, crop_size))
+            feats = model.encode_images(center_crop_normalize(pixels, crop_size, source.style))
         for grain in model.grains:
             parts[grain].append(feats[grain].float())
         kept += [offset + i for i in batch["index"]]
@@ -124,7 +140,7 @@ def embed_images(model, paths: list[str | Path], crop_size: int, device, batch_s
 def model_inputs(source: PixelSource, paths: list[str | Path], crop_size: int, device) -> torch.Tensor:
     """(len(paths), 3, crop, crop) evaluation inputs of a few image files, made as embed_images makes them."""
     pixels = torch.stack([torch.from_numpy(source(p)) for p in paths]).to(device)
-    return center_crop_normalize(pixels, crop_size)
+    return center_crop_normalize(pixels, crop_size, source.style)
 
 
 @torch.inference_mode()

@@ -19,6 +19,7 @@ from config import Config, resolve
 from data.text import vocabulary_path
 from engine.checkpoint import CheckpointError, load_checkpoint, previous_path
 from engine.trainer import Interrupted, Stage, Trainer, ValidationHook
+from models import VARIANTS
 from utils.distributed import DistInfo, any_rank, cleanup, init_distributed
 from utils.errors import UserError
 from utils.io import atomic_write, check_output_dir, read_json
@@ -134,6 +135,8 @@ def plan_stages(cfg: Config, run_dir: Path) -> list[tuple[Config, Stage]]:
     """The stages `cfg` asks for, each with its own config (stage 1 frozen, stage 2 fine-tuning)."""
     stage1 = Stage(1, cfg.num_epochs, cfg.step_lr, run_dir / "stage1")
     stage2 = Stage(2, cfg.finetune_epochs, cfg.finetune_step_lr, run_dir / "stage2")
+    if cfg.two_stage and not VARIANTS[cfg.model].trains_frozen:  # clip-sum: nothing trains with frozen towers
+        return [(replace(cfg, img_finetune=True, txt_finetune=True), stage2)]
     if cfg.two_stage:
         return [(replace(cfg, img_finetune=False, txt_finetune=False), stage1),
                 (replace(cfg, img_finetune=True, txt_finetune=True), stage2)]
@@ -206,6 +209,9 @@ def start_stage2(trainer: Trainer, cfg: Config, run_dir: Path) -> None:
     """Stage 2 starts from --ckpt, else from stage 1's last.pt (--stage2_start continue) or best.pt (best)."""
     continuing = cfg.stage2_start == "continue"
     start = Path(cfg.ckpt) if cfg.ckpt else run_dir / "stage1" / ("last.pt" if continuing else "best.pt")
+    if not cfg.ckpt and not VARIANTS[cfg.model].trains_frozen:
+        log.info(f"stage 2: --model {cfg.model} has no stage 1; it starts from the tower weights")
+        return
     if not start.is_file():
         raise FileNotFoundError(f"stage 2 starts from a stage-1 checkpoint, but {start} does not exist; "
                                 f"train stage 1 first (same --exp_name, without --img_finetune/--txt_finetune), "

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from config import Config, saved_setting
+from data.augment import crop_flip_normalize
 from data.cache import PixelSource, open_pixel_source
 from data.formats import open_dataset
 from data.loaders import (
@@ -29,7 +30,15 @@ from data.loaders import (
     worker_failures,
 )
 from data.text import Vocabulary, load_vocabulary, vocabulary_path
-from engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state, strip_ddp_prefix, vocab_state
+from engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    strip_ddp_prefix,
+    vocab_state,
+)
 from engine.evaluation import EvalResult, evaluate
 from engine.sampler import ResumableSampler
 from losses import LossOutput, RetrievalLoss
@@ -79,6 +88,10 @@ class EpochTriplets(Dataset):
         self.length = len(triplets_epoch0)
         self._epoch, self._items = 0, TripletImages(fmt, triplets_epoch0, vocab, source, crop_size)
 
+    def paths(self, epoch: int) -> list[tuple[str, str]]:
+        """(reference, target) image file of each item of `epoch`."""
+        return self._items_for(epoch).paths
+
     def _items_for(self, epoch: int) -> TripletImages:
         if epoch != self._epoch:
             triplets = [t for t in self.fmt.train_triplets(epoch)
@@ -123,7 +136,8 @@ class PendingStep:
 def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: str) -> None:
     """Refuse a checkpoint that cannot mean the same thing as this run's model and data."""
     saved = checkpoint["config"]
-    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth", "fpn_relu"):
+    for key in ("model", "backbone", "grains", "embed_dim", "word_dim", "share_attention", "fpn_smooth", "fpn_relu",
+                "text_encoder", "clip_pool"):
         value = saved_setting(saved, key)  # a setting added later: what older checkpoints were trained with
         if value != getattr(cfg, key):
             flag = (f"--{key}" if value else f"--no-{key}") if isinstance(value, bool) else f"--{key} {value}"
@@ -133,6 +147,25 @@ def check_compatible(checkpoint: dict, cfg: Config, vocab: Vocabulary, source: s
         raise CheckpointError(f"{source}: checkpoint vocabulary ({len(checkpoint['vocab']['tokens'])} tokens) does not "
                               f"match {vocabulary_path(cfg)} ({len(vocab.tokens)} tokens); use the "
                               f"vocabulary saved in the run folder (vocab.json) or retrain")
+
+
+def load_towers(model, cfg: Config) -> None:
+    """Copy the CLIP towers of the checkpoint --towers_ckpt (a run on the same --backbone) into `model`."""
+    source = cfg.towers_ckpt
+    checkpoint = load_checkpoint(source)
+    if saved_setting(checkpoint["config"], "backbone") != cfg.backbone:
+        raise UserError(f"--towers_ckpt {source}: trained with --backbone {checkpoint['config'].get('backbone')}, "
+                        f"this run uses {cfg.backbone}; pass a checkpoint of a {cfg.backbone} run")
+    saved = strip_ddp_prefix(checkpoint["model"])
+    prefixes = ("image_encoder.backbone.", "text_encoder.tower.")
+    own = model.state_dict()
+    towers = {k: v for k, v in saved.items() if k.startswith(prefixes) and k in own and v.shape == own[k].shape}
+    wanted = [k for k in own if k.startswith(prefixes)]
+    if len(towers) != len(wanted):
+        raise UserError(f"--towers_ckpt {source}: holds {len(towers)} of this model's {len(wanted)} tower tensors; "
+                        f"pass a checkpoint of a run with the same --backbone and --text_encoder")
+    model.load_state_dict(towers, strict=False)
+    log.info(f"CLIP towers ({len(towers)} tensors) from {source}")
 
 
 def loss_values(row: dict) -> dict[str, float]:
@@ -176,7 +209,8 @@ class Trainer:
                              f"{len(usable)} usable training triplets; lower --batch_size")
         say = log.info if dist_info.is_main else lambda _: None
         source = open_pixel_source(cfg, log=say, training=True)
-        self.eval_source = PixelSource(source.size, source.rows)  # validation: the same rows, never --jpeg_draft
+        # validation: the same rows, never --jpeg_draft
+        self.eval_source = PixelSource(source.size, source.rows, style=source.style)
         self.train_set = EpochTriplets(self.fmt, self.vocab, source, cfg.crop_size, cfg.seed, usable, missing)
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                         dist_info.rank, dist_info.world_size)
@@ -191,11 +225,25 @@ class Trainer:
         cfg, stage = self.cfg, self.stage
         self.model = build_model(cfg, len(self.vocab), vocab_path=vocabulary_path(cfg),
                                  vocab_words=self.vocab.tokens).to(self.device)
+        if cfg.towers_ckpt:
+            load_towers(self.model, cfg)
         self.model.set_finetune(img=cfg.img_finetune, txt=cfg.txt_finetune)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = RetrievalLoss(cfg).to(self.device)
         trainable, total = self.model.parameter_counts()
+        if not trainable:
+            raise UserError(f"--model {cfg.model} has nothing to train in stage {stage.number} (frozen towers); "
+                            f"fine-tune them with --img_finetune --txt_finetune")
+        # frozen towers whose inputs never change (CLIP: no crop, no flip): each training image is embedded
+        # once, at its first batch, and read from memory after (CLIP4Cir's large speed-up for the Combiner)
+        frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
+        self.image_features: dict[str, dict[str, torch.Tensor]] | None = (
+            {} if frozen and not self.train_set.source.style.flip and self.train_set.source.style.pad != "square"
+            and not self.dist.enabled and not cfg.compile else None)
+        if self.image_features is not None:
+            log.info(f"stage {stage.number}: image towers frozen, inputs fixed: each training image is embedded "
+                     f"once, at its first batch, and its features reused")
         log.info(f"stage {stage.number}: model {cfg.model}/{cfg.backbone}, grains {cfg.grains}; "
                  f"{trainable:,} trainable of {total:,} parameters; device {self.device}"
                  f"{', amp ' + str(self.amp_dtype).split('.')[-1] if self.amp_dtype else ''}"
@@ -203,7 +251,8 @@ class Trainer:
                     else ""))
         # Every parameter, frozen ones too (AdamW skips those without a gradient), as the ARTEMIS
         # release does: stage 2 can then continue with stage 1's optimizer state.
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameter_groups(cfg.lr, cfg.clip_lr_mult), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, stage.step_lr, cfg.lr_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         forward: torch.nn.Module = self.model   # Retriever.forward: one step's (query, targets)
@@ -272,8 +321,10 @@ class Trainer:
 
     # -- one optimizer step ----------------------------------------------------------------------
     def train_step(self, batch):
+        if self.image_features is not None:
+            return self.cached_train_step(batch)
         batch = batch.to(self.device, non_blocking=True)  # uint8 pixels; crop, flip, normalise run here
-        reference, target = batch.images(self.cfg.crop_size)
+        reference, target = batch.images(self.cfg.crop_size, self.train_set.source.style)
         if self.cfg.channels_last:
             reference = reference.contiguous(memory_format=torch.channels_last)
             target = target.contiguous(memory_format=torch.channels_last)
@@ -293,6 +344,28 @@ class Trainer:
     @property
     def cudagraphs(self) -> bool:
         return self.cfg.compile and self.device.type == "cuda"
+
+    def cached_train_step(self, batch):
+        """train_step with frozen image features embedded once per image (self.image_features)."""
+        paths = self.train_set.paths(self.epoch)
+        keys = [paths[i] for i in batch.index.tolist()]
+        batch = batch.to(self.device, non_blocking=True)
+        style, features = self.train_set.source.style, []
+        for side, pixels in enumerate((batch.reference, batch.target)):
+            names = [k[side] for k in keys]
+            new = [n for n, name in enumerate(names) if name not in self.image_features]
+            if new:
+                with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                    images = crop_flip_normalize(pixels[new], batch.crops[new, side], self.cfg.crop_size, style)
+                    embedded = self.model.encode_images(images)
+                for j, n in enumerate(new):
+                    self.image_features[names[n]] = {g: x[j] for g, x in embedded.items()}
+            features.append({g: torch.stack([self.image_features[name][g] for name in names])
+                             for g in self.model.grains})
+        reference, target = features
+        with autocast(self.device, self.amp_dtype):
+            query = self.model.compose(reference, self.model.encode_texts(batch.tokens, batch.lengths))
+            return self.loss_fn(self.model, query, target)
 
     def optimize(self, out) -> None:
         """Backward and update, or skip the batch when its loss is not finite and --skip_nonfinite asks to."""

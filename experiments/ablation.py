@@ -471,7 +471,7 @@ def shared_flags(args: argparse.Namespace) -> dict[str, Any]:
 def check_ready(shared: dict[str, Any], out: Path) -> None:
     """Before anything trains: the vocabulary exists and --out is a folder we may write."""
     cfg = resolve(shared)
-    if not vocabulary_path(cfg).is_file():
+    if cfg.text_encoder != "clip" and not vocabulary_path(cfg).is_file():  # CLIP's tokenizer needs none
         raise UserError(f"{vocabulary_path(cfg)}: no vocabulary; build it first with `python vocab.py --dataset "
                         f"{cfg.dataset} --data_root {cfg.data_root} --vocab_dir {cfg.vocab_dir}`")
     check_output_dir(out, "--out")

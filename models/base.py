@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .clip import ClipResNet, ClipTextEncoder, ViTImageEncoder, create_clip, is_clip
 from .image_encoder import ImageEncoder
 from .text_encoder import TextEncoder
 
@@ -70,10 +71,23 @@ def stack_grains(per_grain: dict[str, Tensor], grains) -> Tensor:
     return torch.stack([per_grain[g] for g in grains])
 
 
+def build_image_encoder(cfg, grains: list[str], clip=None) -> nn.Module:
+    """The multi-grained image encoder of cfg.backbone: a torchvision ResNet, or `clip`'s image tower
+    (RN: its stage maps through the top-down pathway; ViT: grains from depth)."""
+    if clip is None:
+        return ImageEncoder(cfg.backbone, cfg.backbone_weights, grains, cfg.embed_dim, cfg.gem_p, cfg.fpn_smooth,
+                            cfg.frozen_bn_stats, cfg.fpn_relu)
+    if hasattr(clip.visual, "attnpool"):
+        return ImageEncoder(ClipResNet(clip.visual), "none", grains, cfg.embed_dim, cfg.gem_p, cfg.fpn_smooth,
+                            cfg.frozen_bn_stats, cfg.fpn_relu, attnpool=cfg.clip_pool == "attnpool")
+    return ViTImageEncoder(clip.visual, grains, cfg.embed_dim, cfg.clip_pool, cfg.frozen_bn_stats)
+
+
 class Retriever(nn.Module):
     """Image and text encoders, the learnable temperature, freezing; variants add composition and scoring."""
 
     uses_text = True          # visual-search ignores the text: its encoder is then never trained
+    trains_frozen = True      # has weights to train with frozen towers (stage 1); clip-sum has none
     preset: dict = {}         # config values the variant fixes (applied below the user's flags)
 
     def __init__(self, cfg, vocab_size: int, grains: list[str] | None = None,
@@ -81,11 +95,15 @@ class Retriever(nn.Module):
         super().__init__()
         self.grains = list(grains or cfg.grain_list)
         self.embed_dim = cfg.embed_dim
-        self.image_encoder = ImageEncoder(cfg.backbone, cfg.backbone_weights, self.grains, cfg.embed_dim, cfg.gem_p,
-                                          cfg.fpn_smooth, cfg.frozen_bn_stats, cfg.fpn_relu)
+        self.image_style = getattr(cfg, "image_style", None)  # how images become its input (data.images)
+        clip = create_clip(cfg.backbone, cfg.backbone_weights, cfg.clip_quickgelu) if is_clip(cfg.backbone) else None
+        self.image_encoder = build_image_encoder(cfg, self.grains, clip)
         self.separate_backbone_passes = cfg.separate_backbone_passes
-        self.text_encoder = TextEncoder(vocab_size, cfg.word_dim, cfg.embed_dim, cfg.glove_path,
-                                        vocab_words, glove_cache)
+        if cfg.text_encoder == "clip":
+            self.text_encoder = ClipTextEncoder(clip, cfg.embed_dim)
+        else:
+            self.text_encoder = TextEncoder(vocab_size, cfg.word_dim, cfg.embed_dim, cfg.glove_path,
+                                            vocab_words, glove_cache)
         self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature_init)))
         self.set_finetune(cfg.img_finetune, cfg.txt_finetune)
 
@@ -142,7 +160,16 @@ class Retriever(nn.Module):
         return self.image_encoder.backbone.parameters()
 
     def word_embedding_parameters(self):
-        return self.text_encoder.embedding.parameters()
+        """The text side's pretrained part: the word embeddings, or the whole CLIP text tower."""
+        return self.text_encoder.pretrained_parameters()
+
+    def parameter_groups(self, lr: float, text_tower_lr_mult: float) -> list[dict]:
+        """The optimizer's parameter groups: one, or with the CLIP text tower a second at its own learning rate."""
+        if not isinstance(self.text_encoder, ClipTextEncoder):
+            return [{"params": list(self.parameters())}]
+        tower = {id(p) for p in self.word_embedding_parameters()}
+        return [{"params": [p for p in self.parameters() if id(p) not in tower]},
+                {"params": list(self.word_embedding_parameters()), "lr": lr * text_tower_lr_mult}]
 
     def set_finetune(self, img: bool, txt: bool) -> None:
         """Stage 1 (False, False): backbone frozen and kept in eval mode, word embeddings frozen."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from .attention import ARTEMIS, MANME, EMOnly, ISOnly
 from .base import Retriever
 from .baselines import TIRG, CrossModal, LateFusion, VisualSearch
+from .combiner import ClipSum, Combiner
 from .glove import glove_cache_path
 
 VARIANTS: dict[str, type[Retriever]] = {
@@ -19,6 +20,8 @@ VARIANTS: dict[str, type[Retriever]] = {
     "is-only": ISOnly,
     "cross-modal": CrossModal,
     "visual-search": VisualSearch,
+    "combiner": Combiner,
+    "clip-sum": ClipSum,
 }
 
 

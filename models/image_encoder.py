@@ -73,6 +73,7 @@ class Backbone(nn.Module):
             log.info(f"{name}: ImageNet weights loaded from {path}")
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
         self.layer2, self.layer3, self.layer4 = resnet.layer2, resnet.layer3, resnet.layer4
+        self.channels = CHANNELS[name]
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c2 = self.layer2(self.stem(images))
@@ -87,14 +88,19 @@ def gem(x: Tensor, p: float, eps: float = 1e-6) -> Tensor:
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, backbone: str, weights: str, grains: list[str], embed_dim: int, gem_p: float = 3.0,
-                 smooth: str = "full", frozen_bn_stats: bool = True, fpn_relu: bool = False):
+    """`backbone`: a torchvision ResNet name (with `weights`), or a module returning C2, C3, C4 with their
+    `channels` (models.clip.ClipResNet). `attnpool` pools the coarse grain with the backbone's own `pool`
+    (CLIP's attention pooling) instead of GeM; `raw` (the combiner variants) returns that pooled vector itself."""
+
+    def __init__(self, backbone: str | nn.Module, weights: str, grains: list[str], embed_dim: int,
+                 gem_p: float = 3.0, smooth: str = "full", frozen_bn_stats: bool = True, fpn_relu: bool = False,
+                 attnpool: bool = False):
         super().__init__()
         self.grains, self.gem_p, self.finetune = list(grains), gem_p, False
-        self.fpn_relu = fpn_relu
+        self.fpn_relu, self.attnpool, self.raw = fpn_relu, attnpool, False
         self.frozen_bn_stats = frozen_bn_stats
-        self.backbone = Backbone(backbone, weights)
-        c2, c3, c4 = CHANNELS[backbone]
+        self.backbone = Backbone(backbone, weights) if isinstance(backbone, str) else backbone
+        c2, c3, c4 = self.backbone.channels
         depth = max(DEPTH[g] for g in self.grains)
         # A dense 3x3 smoothing conv at C3/C2 width (1024/512 channels for resnet50) costs as much
         # as the whole backbone at 224 px; the depthwise one has few FLOPs (faster on CPUs), yet on an H100
@@ -106,7 +112,7 @@ class ImageEncoder(nn.Module):
             self.lat4, self.smooth3 = nn.Conv2d(c4, c3, 1), smoothing(c3)
         if depth >= 2:
             self.lat3, self.smooth2 = nn.Conv2d(c3, c2, 1), smoothing(c2)
-        width = {"coarse": c4, "mid": c3, "fine": c2}
+        width = {"coarse": self.backbone.pooled_dim if attnpool else c4, "mid": c3, "fine": c2}
         self.projections = nn.ModuleDict({g: nn.Linear(width[g], embed_dim) for g in self.grains})
         self.depth = depth
 
@@ -114,6 +120,9 @@ class ImageEncoder(nn.Module):
         self.finetune = finetune
         for p in self.backbone.parameters():
             p.requires_grad_(finetune)
+        if hasattr(self.backbone, "pool_parameters"):  # CLIP's attention pooling: trained only where it is used
+            for p in self.backbone.pool_parameters():
+                p.requires_grad_(finetune and self.attnpool)
         self.train(self.training)
 
     def train(self, mode: bool = True):
@@ -136,8 +145,16 @@ class ImageEncoder(nn.Module):
             levels["fine"] = finish(self.smooth2(c2 + upsample(self.lat3(levels["mid"]), c2)))
         return {g: levels[g] for g in self.grains}
 
+    def pooled(self, grain: str, x: Tensor) -> Tensor:
+        if grain == "coarse" and self.attnpool:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):  # part of the backbone
+                return self.backbone.pool(x)
+        return gem(x, self.gem_p)
+
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return {g: F.normalize(self.projections[g](gem(x, self.gem_p)).float(), dim=-1)
+        if self.raw:
+            return {"coarse": self.pooled("coarse", self.feature_maps(images)["coarse"]).float()}
+        return {g: F.normalize(self.projections[g](self.pooled(g, x)).float(), dim=-1)
                 for g, x in self.feature_maps(images).items()}
 
 

@@ -30,6 +30,10 @@ class TextEncoder(nn.Module):
                 log.info("word embeddings: random init (no --glove_path)")
                 _said_random = True
 
+    def pretrained_parameters(self):
+        """What stage 1 freezes and --txt_finetune trains: the word embeddings."""
+        return self.embedding.parameters()
+
     @torch.no_grad()
     def load_glove(self, glove_path: str, vocab_words: list[str] | None, cache_path: str | None = None) -> None:
         if vocab_words is None or len(vocab_words) != self.embedding.num_embeddings:

@@ -98,7 +98,7 @@ def test_a_dead_prepare_worker_ends_the_command(tmp_path, monkeypatch, capsys):
     for its task for ever; now the command stops with one error, at once."""
     root = fashioniq_root(tmp_path)
 
-    def bus_error(path, size, *rest):
+    def bus_error(path, size, *rest, **options):
         faulthandler.disable()  # pytest's handler would print the worker's stack: the death is the point here
         os.kill(os.getpid(), signal.SIGBUS)
 

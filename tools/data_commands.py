@@ -14,7 +14,6 @@ import data.prepare
 from config import build_parser, given_flags, resolve
 from data.cache import default_cache_folder
 from data.formats import open_dataset
-from data.images import resize_size
 from utils.errors import UserError, command_status
 from utils.io import check_output_file
 
@@ -65,7 +64,8 @@ def prepare_parser():
     p.prog = "python -m data.prepare"
     p.description = data.prepare.__doc__
     p.add_argument("--size", type=int, default=None,
-                   help="Side of the stored square in pixels (default: resize_size(--crop_size), 256 for 224).")
+                   help="Side of the stored square in pixels (default: resize_size(--crop_size), 256 for 224; "
+                        "with a CLIP --backbone, the crop size itself, target-padded by --pad_ratio).")
     p.add_argument("--out", default=None, help="Cache folder (default: <data_root>/cache, where runs look for it).")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="Processes decoding images (default: one per CPU core; 0 decodes in this process).")
@@ -80,9 +80,10 @@ def prepare_main(argv: list[str] | None = None) -> int:
 def _prepare(argv: list[str] | None) -> int:
     args = prepare_parser().parse_args(argv)
     cfg = resolve(given_flags(args))
-    size = args.size or resize_size(cfg.crop_size)
+    style = cfg.image_style  # a CLIP --backbone: CLIP4Cir's target padding at the crop size (data.images)
+    size = args.size or style.prepared_size(cfg.crop_size)
     if size < 1 or args.workers < 0:
         raise UserError("--size must be positive and --workers at least 0")
     fmt = open_dataset(cfg)  # first: a wrong --data_root is reported before anything is created
     out = Path(args.out).expanduser() if args.out else default_cache_folder(cfg.data_root)
-    return data.prepare.prepare_dataset(fmt, cfg.data_root, out, size, args.workers)
+    return data.prepare.prepare_dataset(fmt, cfg.data_root, out, size, args.workers, style)

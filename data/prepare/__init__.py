@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from data.base import DatasetFormat
 from data.cache import CACHE_FORMAT, CACHE_VERSION, cache_stem, file_stamp, read_index
-from data.images import prepared_pixels
+from data.images import IMAGENET, ImageStyle, prepared_pixels
 from utils.errors import UserError
 from utils.io import atomic_write_text
 from utils.runlock import RunLock
@@ -40,24 +40,27 @@ SPARE = 64 << 20  # bytes kept free beyond the arrays: the indexes, the done fla
 FIX = "free space there, or pass --out on a larger disk (or a smaller --size)"
 
 
-def prepare_dataset(fmt: DatasetFormat, data_root: str | Path, out: Path, size: int, workers: int) -> int:
+def prepare_dataset(fmt: DatasetFormat, data_root: str | Path, out: Path, size: int, workers: int,
+                    style: ImageStyle = IMAGENET) -> int:
     """Write (or complete) the cache of every split of `fmt` into `out`: 0 when every image was prepared, 1 when
     some are missing or unreadable (listed)."""
     out.mkdir(parents=True, exist_ok=True)
     data_root = Path(data_root).expanduser()
     images = fmt.split_images()
     splits = {split: [os.path.abspath(fmt.image_path(i)) for i in ids] for split, ids in images.items()}
-    lock = RunLock(out / f"{fmt.name}-{size}", "pass another --out")  # two writers would mix their rows
+    # two writers would mix their rows
+    lock = RunLock(out / f"{fmt.name}-{size}{style.cache_tag}", "pass another --out")
     note = lock.acquire()
     if note:
         print(note)
-    print(f"{fmt.name} at {fmt.root} -> {out}, {size} x {size} px, {workers} worker(s)")
+    print(f"{fmt.name} at {fmt.root} -> {out}, {size} x {size} px{style.cache_tag}, {workers} worker(s)")
     problems = {}
     try:
-        stems = {split: out / cache_stem(fmt.name, split, size) for split in splits}
+        stems = {split: out / cache_stem(fmt.name, split, size, style) for split in splits}
         check_space(out, [(stems[s].with_suffix(".npy"), len(files) * size * size * 3) for s, files in splits.items()])
         for split, ids in images.items():
-            problems.update(prepare_split(stems[split], ids, splits[split], data_root, size, workers, split))
+            problems.update(prepare_split(stems[split], ids, splits[split], data_root, size, workers, split,
+                                          style))
     finally:
         lock.release()
     if problems:
@@ -72,7 +75,7 @@ def prepare_dataset(fmt: DatasetFormat, data_root: str | Path, out: Path, size: 
 
 
 def prepare_split(stem: Path, ids: list[str], files: list[str], data_root: Path, size: int, workers: int,
-                  split: str) -> dict[str, str]:
+                  split: str, style: ImageStyle = IMAGENET) -> dict[str, str]:
     """Write (or complete) one split's array; returns file -> why, for the images left out."""
     array_path, index_path, done_path = (stem.with_suffix(s) for s in (".npy", ".json", ".done.npy"))
     stamps = [file_stamp(f) for f in files]
@@ -87,12 +90,12 @@ def prepare_split(stem: Path, ids: list[str], files: list[str], data_root: Path,
     partial = done_path.with_name(done_path.name + ".partial.npy")
     np.save(partial, done)
     os.replace(partial, done_path)  # the flags of changed files are cleared before their new stamps are written
-    write_index(index_path, stem, rows, size, complete=False)
+    write_index(index_path, stem, rows, size, complete=False, split=split)
     todo = [r for r in range(len(ids)) if not done[r] and stamps[r] is not None]
     problems = {files[r]: "missing" for r in range(len(ids)) if stamps[r] is None}
     if todo:
         done_map = np.load(done_path, mmap_mode="r+")
-        tasks = [(str(array_path), size, [(r, files[r]) for r in todo[i:i + CHUNK]])
+        tasks = [(str(array_path), size, [(r, files[r]) for r in todo[i:i + CHUNK]], style)
                  for i in range(0, len(todo), CHUNK)]
         bar = tqdm(total=len(todo), desc=f"{split}: {len(ids) - len(todo)} of {len(ids)} already prepared",
                    unit="img", dynamic_ncols=True)
@@ -105,7 +108,7 @@ def prepare_split(stem: Path, ids: list[str], files: list[str], data_root: Path,
         del done_map
     else:
         print(f"{split}: all {len(ids)} images already prepared")
-    write_index(index_path, stem, rows, size, complete=True,
+    write_index(index_path, stem, rows, size, complete=True, split=split,
                 problems=[[r, files[r], problems[files[r]]] for r in range(len(ids)) if files[r] in problems])
     return problems
 
@@ -122,9 +125,11 @@ def reusable_rows(array_path: Path, index_path: Path, done_path: Path, rows: lis
     return done & np.array([list(a) == list(b) for a, b in zip(old["images"], rows)], dtype=bool)
 
 
-def write_index(path: Path, stem: Path, rows: list, size: int, complete: bool, problems: list | None = None) -> None:
+def write_index(path: Path, stem: Path, rows: list, size: int, complete: bool, problems: list | None = None,
+                split: str | None = None) -> None:
     dataset, _, rest = stem.name.partition("-")
-    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dataset": dataset, "split": rest.rpartition("-")[0],
+    split = rest.rpartition("-")[0] if split is None else split
+    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dataset": dataset, "split": split,
              "size": size, "complete": complete, "images": rows, "problems": problems or []}
     atomic_write_text(path, json.dumps(index) + "\n")
 
@@ -183,12 +188,12 @@ def run_tasks(tasks, workers: int):
 
 
 def write_rows(task) -> tuple[list[int], list[tuple[int, str]]]:
-    array_path, size, items = task
+    array_path, size, items, style = task
     array = np.load(array_path, mmap_mode="r+")
     written, failed = [], []
     for row, path in items:
         try:
-            array[row] = prepared_pixels(path, size)
+            array[row] = prepared_pixels(path, size, style=style)
             written.append(row)
         except (OSError, ValueError) as e:
             failed.append((row, str(e).removeprefix(f"{path}: ")))
