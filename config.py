@@ -295,17 +295,19 @@ class Config:
         """The settings that need a CLIP tower, and the input size CLIP's pooling is fixed to."""
         if not is_clip(self.backbone):
             if self.text_encoder == "clip":
-                raise UserError(f"--text_encoder clip takes the text tower of a CLIP model: pass a clip-* --backbone "
-                                f"(with its --backbone_weights), not {self.backbone}")
+                raise UserError(f"--model {self.model} with --text_encoder clip takes the text tower of a CLIP model: "
+                                f"pass a clip-* --backbone (with its --backbone_weights), not --backbone "
+                                f"{self.backbone}")
             if self.clip_pool != "gem":
-                raise UserError(f"--clip_pool {self.clip_pool} needs a clip-* --backbone, not {self.backbone}")
+                raise UserError(f"--model {self.model} with --clip_pool {self.clip_pool} needs a clip-* --backbone, "
+                                f"not --backbone {self.backbone}")
             return
         size = CLIP_INPUT_SIZES[self.backbone]
         vit = "vit" in self.backbone
         if (vit or self.clip_pool == "attnpool") and self.crop_size != size:
             why = "its position table" if vit else "--clip_pool attnpool: its position table"
-            raise UserError(f"--crop_size {self.crop_size}: {self.backbone} needs {size} ({why} is fixed to the "
-                            f"weights' input size); pass --crop_size {size}"
+            raise UserError(f"--crop_size {self.crop_size}: --backbone {self.backbone} needs {size} ({why} is fixed "
+                            f"to the weights' input size); pass --crop_size {size}"
                             + ("" if vit else " or --clip_pool gem"))
 
     def to_dict(self) -> dict[str, Any]:

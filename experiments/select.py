@@ -402,14 +402,28 @@ def apply_to_config(source: str, defaults: dict[str, dict]) -> str:
         if match is None or ast.literal_eval(match.group(2)) != change["from"]:
             raise UserError(f"config.py: no field {name} with default {change['from']!r}; edit it by hand")
         source = source[:match.start(2)] + python_literal(change["to"]) + source[match.end(2):]
-    match = re.search(r"^SAVED_WITHOUT: dict\[str, Any\] = (\{.*\})$", source, re.M)
+    head = "SAVED_WITHOUT: dict[str, Any] = "
+    match = re.search(r"^" + re.escape(head) + r"(\{[^}]*\})$", source, re.M)
     if match is None:
-        raise UserError("config.py: no one-line SAVED_WITHOUT; add the old defaults to it by hand")
+        raise UserError("config.py: no SAVED_WITHOUT = {...} of literals; add the old defaults to it by hand")
     saved = ast.literal_eval(match.group(1))
     for name, change in defaults.items():
         saved.setdefault(name, change["from"])
-    text = "{" + ", ".join(f"{json.dumps(k)}: {python_literal(v)}" for k, v in saved.items()) + "}"
-    return source[:match.start(1)] + text + source[match.end(1):]
+    return source[:match.start(1)] + wrapped_dict(saved, indent=len(head) + 1) + source[match.end(1):]
+
+
+def wrapped_dict(values: dict[str, Any], indent: int, width: int = 120) -> str:
+    """A dict literal whose lines stay within `width` (the lint's line length), continued under its first key."""
+    items = [f"{json.dumps(k)}: {python_literal(v)}" for k, v in values.items()]
+    lines, line = [], "{"
+    for n, item in enumerate(items):
+        piece = item + ("}" if n == len(items) - 1 else ",")
+        if len(line) > 1 and indent - 1 + len(line) + 1 + len(piece) > width:
+            lines.append(line)
+            line = " " * indent + piece
+        else:
+            line += ("" if line == "{" else " ") + piece
+    return "\n".join(lines + [line if items else "{}"])
 
 
 def run_apply(args) -> int:

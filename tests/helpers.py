@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from models import VARIANTS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -152,3 +154,8 @@ def write_fashion200k(root: Path, train: Labels, test: Labels | None = None,
     if queries is not None:
         (root / "fashion200K" / "test_queries.txt").write_text("".join(f"{line}\n" for line in queries))
     return root
+
+
+# the variants that build on the ResNet + GRU towers; the CLIP4Cir ones (presets with --text_encoder clip) need a
+# CLIP tower and are tested in tests/test_clip.py
+ON_RESNET = [name for name, variant in VARIANTS.items() if variant.preset.get("text_encoder") != "clip"]

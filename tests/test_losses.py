@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from config import resolve
 from losses import LossOutput, RetrievalLoss
-from models import VARIANTS, build_model
+from models import build_model
+from tests.helpers import ON_RESNET
 
 D = 16
 
@@ -95,7 +96,7 @@ def test_margins_and_alpha_come_from_config():
         assert torch.allclose(out.parts[f"me/{g}"], expected[f"me/{g}"], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", ON_RESNET)
 def test_parts_per_variant(name):
     model, cfg = small(name)
     reference, text, targets = batch(model)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from config import SAVED_WITHOUT
 from experiments import select
 from experiments.ablation import parse_variant, plan
 from experiments.select import (
@@ -125,7 +126,7 @@ def test_apply_rewrites_config_defaults_and_saved_without(tmp_path, monkeypatch)
     assert (applied.Config().lambda_me, applied.Config().margins) == (0.1, HALF_MARGINS)
     assert applied.Config().alpha == 0.4 and applied.Config().lambda_ov == 0.0  # nothing else moved
     # a config saved before the change, without the keys, keeps what it was trained with; a new one the new values
-    assert applied.SAVED_WITHOUT == {"fpn_relu": False, "lambda_me": 1.0, "margins": "0.6,0.4,0.3"}
+    assert applied.SAVED_WITHOUT == {**SAVED_WITHOUT, "lambda_me": 1.0, "margins": "0.6,0.4,0.3"}
     old = applied.resolve({}, base={"model": "manme"})
     assert (old.lambda_me, old.margins, old.fpn_relu) == (1.0, "0.6,0.4,0.3", False)
     assert applied.resolve({}).lambda_me == 0.1
