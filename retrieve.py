@@ -20,7 +20,7 @@ from config import build_parser, given_flags
 from engine.inference import load_trained
 from tools.figures import RetrievalRow, draw_retrievals, save_png
 from tools.search_index import IMAGE_SUFFIXES, build_index, check_checkpoint, load_index, save_index, search
-from utils.errors import UserError, run_command, subcommand
+from utils.errors import UserError, number_in, run_command, subcommand
 from utils.io import check_output_file
 
 COMMANDS = {"index": "Embed a folder of images.", "query": "Query an index."}
@@ -38,7 +38,7 @@ def parser_for(command: str):
     parser.add_argument("--index", required=True, help="index file written by `retrieve.py index`")
     parser.add_argument("--image", required=True, help="reference image")
     parser.add_argument("--text", required=True, help='modification text; FashionIQ form "first <and> second" accepted')
-    parser.add_argument("--k", type=int, default=10, help="results to print")
+    parser.add_argument("--k", type=number_in(int, 1, 10_000), default=10, help="results to print (1 to 10000)")
     parser.add_argument("--png", default="", help="also draw the results, as in the retrieval figure")
     parser.add_argument("--ckpt", default="", help="the index's checkpoint, if it moved (default: recorded path)")
     return parser
@@ -66,8 +66,6 @@ def run_index(args) -> None:
 
 
 def run_query(args) -> None:
-    if args.k < 1:
-        raise ValueError("--k must be at least 1")
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"{args.image}: reference image not found (--image)")
     if args.png:

@@ -17,7 +17,7 @@ reach the machine query the model and see the served images; there is no login.
 import sys
 
 from config import build_parser, given_flags
-from utils.errors import UserError, run_command, subcommand
+from utils.errors import UserError, number_in, run_command, subcommand
 
 try:
     from tools.web.common import serve
@@ -36,7 +36,8 @@ def parser_for(command: str):
     if command == "search":
         parser.add_argument("--index", required=True, help="index file written by `retrieve.py index`")
         parser.add_argument("--ckpt", default="", help="the index's checkpoint, if it moved (default: recorded path)")
-        parser.add_argument("--max_upload_mb", type=float, default=10.0, help="largest uploaded image, in MB")
+        parser.add_argument("--max_upload_mb", type=number_in(float, 0.01, 1024), default=10.0,
+                            help="largest uploaded image, in MB (0.01 to 1024)")
     else:
         parser.add_argument("--run", required=True, help="evaluation folder holding metrics.json and rankings.jsonl")
         parser.add_argument("--data_root", required=True, help="data root holding the evaluated dataset's images")
@@ -45,7 +46,7 @@ def parser_for(command: str):
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the pages, "
                              "without login, to every machine that can reach this one)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--port", type=number_in(int, 1, 65535), default=8000, help="port to listen on")
     return parser
 
 

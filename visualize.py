@@ -16,7 +16,7 @@ from config import build_parser, given_flags
 from data.formats import open_dataset
 from engine.inference import load_trained
 from tools.figures import attention_figure, retrieval_figure, save_png
-from utils.errors import run_command, subcommand
+from utils.errors import number_in, run_command, subcommand
 from utils.io import check_output_file
 
 COMMANDS = ("retrievals", "attention")
@@ -26,12 +26,15 @@ def parser_for(command: str):
     parser = build_parser("data,eval,run", __doc__)
     parser.prog = f"visualize.py {command}"
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--n", type=int, default=8 if command == "retrievals" else 4, help="queries (rows)")
+    parser.add_argument("--n", type=number_in(int, 1, 100), default=8 if command == "retrievals" else 4,
+                        help="queries (rows, 1 to 100)")
     if command == "retrievals":
-        parser.add_argument("--k", type=int, default=10, help="gallery images shown per query")
-    parser.add_argument("--width", type=int, default=1000, help="figure width in pixels")
+        parser.add_argument("--k", type=number_in(int, 1, 50), default=10,
+                            help="gallery images shown per query (1 to 50)")
+    parser.add_argument("--width", type=number_in(int, 200, 10_000), default=1000,
+                        help="figure width in pixels (200 to 10000)")
     parser.add_argument("--title", default="", help="title line (default: model, dataset, split)")
-    parser.add_argument("--colors", type=int, default=0,
+    parser.add_argument("--colors", type=number_in(int, 0, 256), default=0,
                         help="store with an adaptive palette of this many colours (<= 256; smaller files); "
                              "0: full colour")
     return parser
@@ -47,8 +50,6 @@ def main(argv=None) -> None:
     explicit = given_flags(args)
     if not explicit.get("ckpt"):
         parser.error("--ckpt PATH is required")
-    if args.n < 1 or getattr(args, "k", 1) < 1:
-        parser.error("--n and --k must be at least 1")
 
     check_output_file(args.out, "--out", {"--ckpt": explicit["ckpt"]})
     trained = load_trained(explicit["ckpt"], explicit)

@@ -40,7 +40,7 @@ from data.text import vocabulary_path
 from experiments.report import figure, markdown, overlap_of
 from models import VARIANTS
 from tools.figures import save_png
-from utils.errors import UserError, run_command
+from utils.errors import UserError, number_in, run_command
 from utils.io import atomic_write_json, atomic_write_text, check_output_dir, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,9 +401,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """--out, --jobs and --dry_run: how a set of runs is executed (this tool's and experiments.select's)."""
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="Output folder: runs/<variant>_seed<seed>/, results.jsonl, results.md, results.png.")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="Runs at once (default: 1). With more than one, each gets cores/jobs OpenMP threads "
-                             "unless OMP_NUM_THREADS is set.")
+    parser.add_argument("--jobs", type=number_in(int, 1, 64), default=1, metavar="N",
+                        help="Runs at once (1 to 64; default: 1). With more than one, each gets cores/jobs OpenMP "
+                             "threads unless OMP_NUM_THREADS is set.")
     parser.add_argument("--dry_run", action="store_true",
                         help="Print the commands of the runs it would start, then exit.")
 

@@ -14,7 +14,7 @@ import data.prepare
 from config import build_parser, given_flags, resolve
 from data.cache import default_cache_folder
 from data.formats import open_dataset
-from utils.errors import UserError, command_status
+from utils.errors import UserError, command_status, number_in
 from utils.io import check_output_file
 
 
@@ -63,11 +63,11 @@ def prepare_parser():
     p = build_parser("data", data.prepare.__doc__.split("\n")[0])
     p.prog = "python -m data.prepare"
     p.description = data.prepare.__doc__
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=number_in(int, 8, 4096), default=None,
                    help="Side of the stored square in pixels (default: resize_size(--crop_size), 256 for 224; "
                         "with a CLIP --backbone, the crop size itself, target-padded by --pad_ratio).")
     p.add_argument("--out", default=None, help="Cache folder (default: <data_root>/cache, where runs look for it).")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=number_in(int, 0, 256), default=os.cpu_count() or 1,
                    help="Processes decoding images (default: one per CPU core; 0 decodes in this process).")
     return p
 

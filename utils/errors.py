@@ -6,6 +6,7 @@ status 2; any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -47,3 +48,20 @@ def subcommand(argv: list[str], commands, usage: str) -> str | None:
     if not argv or argv[0] not in commands:
         raise UserError(f"give a command: {' or '.join(commands)} (see --help)")
     return argv[0]
+
+
+def number_in(kind: type, low, high, why: str = ""):
+    """An argparse `type=` for a tool's own numeric flag: `kind` (int or float) with low <= value <= high, so
+    every flag has a range that keeps memory and arithmetic finite (argparse reports it: status 2)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            wanted = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+        if not (low <= value <= high):  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text} is outside [{low}, {high}]{why}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse

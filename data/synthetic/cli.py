@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from data.synthetic.writers import DIFFICULTIES, FOLDERS, generate
+from utils.errors import number_in
 
 
 def photo_size(text: str) -> tuple[int, int]:
@@ -20,8 +21,8 @@ def photo_size(text: str) -> tuple[int, int]:
         width, height = (int(x) for x in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT in pixels, e.g. 500x650") from None
-    if min(width, height) < 16:
-        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be at least 16 px")
+    if min(width, height) < 16 or max(width, height) > 8192:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be between 16 and 8192 px")
     return width, height
 
 
@@ -36,20 +37,22 @@ def main(argv: list[str] | None = None) -> None:
                              "or DIR/cirr (replaced if an earlier synthetic run wrote it; a real dataset there is "
                              "never touched).")
     parser.add_argument("--dataset", required=True, choices=tuple(FOLDERS), help="Which dataset layout to write.")
-    parser.add_argument("--size", type=int, default=64, help="Image side in pixels (default: 64).")
-    parser.add_argument("--seed", type=int, default=0, help="Random seed; the same seed writes byte-identical files "
-                                                            "(default: 0).")
+    parser.add_argument("--size", type=number_in(int, 8, 2048), default=64,
+                        help="Image side in pixels (8 to 2048; default: 64).")
+    parser.add_argument("--seed", type=number_in(int, 0, 2**31 - 1), default=0,
+                        help="Random seed; the same seed writes byte-identical files "
+                             "(default: 0).")
     parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy",
                         help="easy (default; the same files as ever for a seed) or hard: every evaluation target has "
                              "near-misses in its gallery (same change, one untouched attribute different, mostly a "
                              "small detail such as a belt, buttons or a pocket), about half the edits change a small "
                              "detail, annotator-like captions, larger galleries (not for cirr).")
-    parser.add_argument("--n_images", type=int, default=None,
+    parser.add_argument("--n_images", type=number_in(int, 1, 1_000_000), default=None,
                         help="Gallery size: fashioniq val images per category (train 1.5x, test 0.75x; default 200, "
                              "hard 600); shoes eval images (train 3x, hard 2x; default 250, hard 600); fashion200k "
                              "test images per category (train 4x; default 60, hard 200); cirr val and test1 images, "
                              "in sets of six (train 3x; default 240).")
-    parser.add_argument("--n_triplets", type=int, default=None,
+    parser.add_argument("--n_triplets", type=number_in(int, 1, 1_000_000), default=None,
                         help="fashioniq train annotations per category (val 0.6x, test 0.4x; default 250, each gives "
                              "two queries; hard 1500, val and test one per near-miss group edge); shoes train triplets "
                              "(val 1/6, straddling ~1/6; default 1500; hard 3000, val one per edge); fashion200k test "
