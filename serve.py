@@ -63,8 +63,6 @@ def main(argv=None) -> None:
         raise UserError(f"--port {args.port}: give a port between 1 and 65535")
     explicit = {k: v for k, v in given_flags(args).items() if k != "data_root"}
     if command == "search":
-        if args.max_upload_mb <= 0:
-            raise UserError("--max_upload_mb must be positive")
         service = SearchService(args.index, args.ckpt, explicit)
         print(f"{args.index}: {len(service.index)} images under {service.root}; {service.trained.cfg.model} on "
               f"{service.trained.device}")
