@@ -159,3 +159,18 @@ def write_fashion200k(root: Path, train: Labels, test: Labels | None = None,
 # the variants that build on the ResNet + GRU towers; the CLIP4Cir ones (presets with --text_encoder clip) need a
 # CLIP tower and are tested in tests/test_clip.py
 ON_RESNET = [name for name, variant in VARIANTS.items() if variant.preset.get("text_encoder") != "clip"]
+
+
+def live_processes(parent: int | None = None, group: int | None = None) -> list[int]:
+    """Pids of the live (not zombie) processes whose parent is `parent` or whose process group is `group`, from
+    /proc (Linux): the DataLoader workers a run forked, or what a command left behind."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if state != "Z" and (int(ppid) == parent or int(pgrp) == group):
+            found.append(int(stat.parent.name))
+    return found
+

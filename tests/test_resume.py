@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from engine.trainer import TIMINGS
-from tests.helpers import ONE_THREAD_ENV, ROOT, TINY
+from tests.helpers import ONE_THREAD_ENV, ROOT, TINY, live_processes
 from tests.helpers import read_jsonl as rows
 from tests.helpers import train_in_process as train_here
 
@@ -58,19 +58,6 @@ def vocab_dir(tiny_root, tmp_path_factory):
     return folder
 
 
-def children(pid: int) -> list[int]:
-    """The processes `pid` forked (its DataLoader workers), from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_root, vocab_dir, tmp_path_factory):
     """A: uninterrupted. B: SIGKILL (2 workers), resume at once (2 workers) + SIGTERM to the process group,
@@ -91,7 +78,7 @@ def runs(tiny_root, vocab_dir, tmp_path_factory):
         workers = []
         try:
             wait_for_rows(first, log_b, 3)
-            workers = children(first.pid)
+            workers = live_processes(parent=first.pid)
             for pid in workers:
                 os.kill(pid, signal.SIGSTOP)
             first.kill()   # SIGKILL

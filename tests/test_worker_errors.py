@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,7 @@ from config import resolve
 from data.formats import open_dataset
 from data.loaders import ignore_stop_signals
 from engine.sampler import ResumableSampler
-from tests.helpers import ONE_THREAD_ENV, ROOT, TINY_TRAIN
+from tests.helpers import ONE_THREAD_ENV, ROOT, TINY_TRAIN, live_processes
 
 
 def sleeping_worker() -> None:
@@ -44,18 +43,6 @@ def test_a_worker_ends_on_its_parents_sigterm_but_not_on_a_group_signal():
     finally:
         if worker.is_alive():
             worker.kill()
-
-
-def processes_in_group(pgid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +79,7 @@ def test_an_unreadable_image_ends_the_run_alike_with_and_without_workers(damaged
             os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError(f"--num_workers {workers}: the run hangs after the worker's error") from None
         time.sleep(0.5)
-        assert processes_in_group(proc.pid) == [], f"--num_workers {workers}: processes left behind"
+        assert live_processes(group=proc.pid) == [], f"--num_workers {workers}: processes left behind"
         assert "Traceback" not in err and "exited unexpectedly" not in err, err[-3000:]
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1, err[-3000:]

@@ -18,7 +18,6 @@ out of the results and reported with the command that rebuilds the index.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import zipfile
@@ -30,7 +29,7 @@ import torch
 from data.cache import file_stamp
 from engine.inference import build_queries, embed_images, rank_gallery
 from utils.errors import UserError
-from utils.io import atomic_write
+from utils.io import atomic_write, file_sha256
 
 FORMAT, VERSION = "manme-search-index", 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -77,14 +76,6 @@ class SearchIndex:
             if candidate.name == image.name and candidate.exists() and os.path.samefile(candidate, image):
                 return i
         return -1
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_identity(path: str | Path, cfg=None) -> dict:

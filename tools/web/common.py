@@ -19,7 +19,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image, ImageOps
 
 from tools.figures import attention_row, draw_attention
@@ -73,6 +73,17 @@ def add_static(app: FastAPI) -> None:
     @app.get("/static/common.js", include_in_schema=False)
     def script():
         return Response((PAGES / "common.js").read_bytes(), media_type="text/javascript")
+
+
+def add_image_routes(app: FastAPI, files: ServedFiles, thumbnails: Thumbnails) -> None:
+    """/thumb/NAME and /image/NAME: a served file's thumbnail and the file itself; any other name is a 404."""
+    @app.get("/thumb/{name:path}")
+    def thumb(name: str):
+        return thumbnails(files.get(name))
+
+    @app.get("/image/{name:path}")
+    def image(name: str):
+        return FileResponse(files.get(name))
 
 
 class ServedFiles:

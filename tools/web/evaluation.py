@@ -20,14 +20,23 @@ import threading
 from pathlib import Path
 
 from fastapi import FastAPI, Query
-from fastapi.responses import FileResponse
 
 from config import resolve
 from data.cache import open_pixel_source
 from data.formats import open_dataset
 from engine.inference import load_trained
 from tools.figures import check_attention_parts
-from tools.web.common import MAX_PAGE, ServedFiles, Thumbnails, add_static, explanation_png, fail, json_errors, page
+from tools.web.common import (
+    MAX_PAGE,
+    ServedFiles,
+    Thumbnails,
+    add_image_routes,
+    add_static,
+    explanation_png,
+    fail,
+    json_errors,
+    page,
+)
 from utils.io import read_json
 
 NOT_IN_TOP = 51  # the rank filters give a target outside the top 50 this rank
@@ -150,13 +159,7 @@ def create_eval_app(run: EvalRun) -> FastAPI:
                  and min_rank <= rank_of(r) <= max_rank]
         return {"total": len(found), "offset": offset, "rows": found[offset:offset + limit]}
 
-    @app.get("/thumb/{image_id:path}")
-    def thumb(image_id: str):
-        return thumbnails(run.files.get(image_id))
-
-    @app.get("/image/{image_id:path}")
-    def image(image_id: str):
-        return FileResponse(run.files.get(image_id))
+    add_image_routes(app, run.files, thumbnails)
 
     @app.get("/api/explain")
     def explain(query: int, target: str):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Query, UploadFile
-from fastapi.responses import FileResponse
 
 from data.cache import PixelSource
 from data.images import resize_size
@@ -31,6 +30,7 @@ from tools.web.common import (
     ServedFiles,
     Thumbnails,
     Uploads,
+    add_image_routes,
     add_static,
     check_query,
     check_upload,
@@ -109,13 +109,7 @@ def create_search_app(service: SearchService, max_upload_bytes: int = 10_000_000
         found = [p for p in names if wanted in p.lower()] if wanted else names
         return {"total": len(found), "offset": offset, "paths": found[offset:offset + limit]}
 
-    @app.get("/thumb/{name:path}")
-    def thumb(name: str):
-        return thumbnails(service.files.get(name))
-
-    @app.get("/image/{name:path}")
-    def image(name: str):
-        return FileResponse(service.files.get(name))
+    add_image_routes(app, service.files, thumbnails)
 
     def reference(ref: str) -> Path:
         if ref not in service.files:
