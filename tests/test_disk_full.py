@@ -13,6 +13,7 @@ import utils.io
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from tools.search_index import SearchIndex, save_index
 from utils.errors import command_status
+from utils.logs import StepLog
 
 
 class FullDisk:
@@ -92,3 +93,25 @@ def test_text_files_and_quota_too(tmp_path, monkeypatch):
     monkeypatch.setattr(utils.io.os, "fdopen", real)
     with pytest.raises(TypeError):
         utils.io.atomic_write(tmp_path / "x", lambda f: f.write(3))
+
+
+def test_the_step_log_on_a_full_disk_names_the_file_and_how_to_continue(tmp_path, monkeypatch):
+    log = StepLog(tmp_path / "train_log.jsonl")
+    log.write([{"step": 1, "loss": 1.0}])
+    real = open
+
+    def filling(path, mode="r", *args, **kwargs):
+        f = real(path, mode, *args, **kwargs)
+        return FullDisk(f, room=10) if "a" in mode else f
+    monkeypatch.setattr("builtins.open", filling)
+    with pytest.raises(OSError) as stop:
+        log.write([{"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.25}])
+    message = str(stop.value)
+    assert message.startswith(f"{tmp_path / 'train_log.jsonl'}: could not be appended to: the disk is full"), message
+    assert "--resume auto" in message and "\n" not in message and stop.value.errno == errno.ENOSPC
+    monkeypatch.setattr("builtins.open", real)
+    # the resume keeps the whole lines up to its checkpoint and drops a cut one
+    (tmp_path / "train_log.jsonl").open("a").write('{"step": 2, "lo')
+    StepLog(tmp_path / "train_log.jsonl", resume_step=2)
+    assert (tmp_path / "train_log.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'
+

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.io import atomic_write_text
+from utils.io import atomic_write_text, disk_full
 
 log = logging.getLogger("manme")
 
@@ -46,10 +46,22 @@ class StepLog:
             path.write_text("")
 
     def write(self, rows: list[dict]) -> None:
-        if rows:
+        if not rows:
+            return
+        try:
             with open(self.path, "a") as f:
                 f.write("".join(json.dumps(row) + "\n" for row in rows))
                 f.flush()
+        except OSError as e:
+            full = disk_full(e)
+            if full is None:
+                raise
+            # a cut last line is harmless: a resume keeps only whole lines up to its checkpoint's step
+            error = OSError(f"{self.path}: could not be appended to: the disk is full ({full.strerror}); free space "
+                            f"on that disk and continue the run with --resume auto (the steps after its last "
+                            f"checkpoint are redone and logged again)")
+            error.errno = full.errno
+            raise error from None
 
 
 def _step_of(line: str) -> int | None:
