@@ -129,7 +129,8 @@ def main() -> None:
         for n in args.sizes:
             r = bench(Path(tmp), n, args)
             print(f"N={n:>7}: query p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  max {r['max']:6.1f} ms  "
-                  f"(median parts: embedding a reference outside the index {r['embed']:.1f} ms, compose+rank {r['rank']:.1f} ms); "
+                  f"(median parts: embedding a reference outside the index {r['embed']:.1f} ms, "
+                  f"compose+rank {r['rank']:.1f} ms); "
                   f"p95 / goal {GOAL_MS:.0f} ms = {r['p95'] / GOAL_MS:.2f}")
     print(f"RESULT serve_p95 {r['p95']:.0f} ms at N={r['n']} ({r['p95'] / GOAL_MS:.2f}x the {GOAL_MS:.0f} ms goal)")
 
