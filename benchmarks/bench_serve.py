@@ -1,12 +1,14 @@
 """Query latency of the search page's API (serve.py search) for indexes of 10k and 100k images.
 
-Setting: an untrained model of the given backbone/crop (default: the FashionIQ preset, resnet50 at 224 px,
-d = 512, three grains); an index of N synthetic embeddings (random unit vectors per grain: the ranking's cost
-does not depend on what the vectors are) whose first 20 entries are real JPEG files on disk, used as the
-references. A query is `GET /api/search?ref=<indexed file>&text=...&k=10` through FastAPI's TestClient (in
-process: the app's validation, the model and the JSON, without a network), as the page sends it; the reference
-is an indexed, unchanged file, so its row of the index is its embedding (as `retrieve.py query` does since
-2026-12-05: no backbone pass), composed with the text, and all N images are ranked.
+Setting: an untrained model of the given backbone/crop (default: the FashionIQ preset, resnet50 at 224 px, d =
+512, three grains); an index of N synthetic embeddings (random unit vectors per grain: the ranking's cost does
+not depend on what the vectors are) whose first 20 entries are real JPEG files on disk, used as the
+references, and whose other entries are hard links to them (a search leaves out rows whose file is gone, so
+every indexed file must exist). A query is `GET /api/search?ref=<indexed file>&text=...&k=10` through
+FastAPI's TestClient (in process: the app's validation, the model and the JSON, without a network), as the
+page sends it; the reference is an indexed, unchanged file, so its row of the index is its embedding (as
+`retrieve.py query` does since 2026-12-05: no backbone pass), composed with the text, and all N images are
+ranked.
 
 Printed per index size: p50 / p95 / max over the timed queries (after warm-up), the median time of embedding
 a reference that is not in the index (the CNN on one image: an uploaded one, say) and of composing + ranking,
@@ -63,6 +65,10 @@ def write_setup(folder: Path, n: int, backbone: str, crop: int, refs: int = 20) 
         pixels = torch.randint(0, 256, (480, 360, 3), dtype=torch.uint8, generator=generator).numpy()
         Image.fromarray(pixels).save(images / f"{i:07d}.jpg", quality=90)
     paths = [f"{i:07d}.jpg" for i in range(n)]
+    for i in range(refs, n):  # every indexed file exists (search leaves out rows whose file is gone): links
+        target = images / paths[i]
+        if not target.exists():
+            os.link(images / paths[i % refs], target)
     embeddings = {g: F.normalize(torch.randn(n, cfg.embed_dim, generator=generator), dim=-1) for g in model.grains}
     index = SearchIndex(str(images.resolve()), paths, embeddings, checkpoint_identity(ckpt, cfg), crop)
     path = folder / f"{n}.index"

@@ -166,3 +166,29 @@ def test_index_errors(ckpt, tmp_path):
                        "--out", str(tmp_path / "x.index"), "--device", "cpu"])
     with pytest.raises(UserError, match="give a command"):
         retrieve.main(["search"])
+
+
+def test_an_indexed_reference_reads_its_row_and_ranks_as_its_embedding_would(ckpt, index, gallery, rankings,
+                                                                              tmp_path, monkeypatch):
+    """A reference that is an unchanged indexed file is not embedded again (its row is the model's embedding of
+    it); a copy of the same file outside the index is embedded, and ranks the gallery the same way."""
+    import tools.search_index as search_index
+    from engine.inference import load_trained
+    path, _ = index
+    folder, _ = gallery
+    trained = load_trained(ckpt, {"device": "cpu"})
+    loaded = search_index.load_index(path)
+    row = rankings[0]
+    indexed = find(folder, row["reference"])
+    outside = tmp_path / indexed.name
+    shutil.copy(indexed, outside)
+    fresh = search_index.search(trained.model, trained.vocab, loaded, outside, row["text"], 11, torch.device("cpu"))
+    embedded = []
+    real = search_index.embed_images
+    monkeypatch.setattr(search_index, "embed_images", lambda *a, **k: embedded.append(a[1]) or real(*a, **k))
+    reused = search_index.search(trained.model, trained.vocab, loaded, indexed, row["text"], 10, torch.device("cpu"))
+    assert embedded == []  # no backbone pass for an indexed reference
+    # the copy is another file: the original is then a candidate (and should come first); leave it out
+    kept = [(p, s) for p, s in zip(fresh.paths, fresh.scores) if p.resolve() != indexed.resolve()][:10]
+    assert [p for p, _ in kept] == reused.paths
+    assert reused.scores == pytest.approx([s for _, s in kept], abs=1e-5)
