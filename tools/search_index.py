@@ -22,6 +22,7 @@ import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -60,6 +61,11 @@ class SearchIndex:
         return (f"python retrieve.py index --ckpt {self.checkpoint['path']} --images {self.root} "
                 f"--out {index_path}")
 
+    @cached_property
+    def rows(self) -> dict[str, int]:
+        """Relative path -> row, built once: every query looks its reference up here."""
+        return {p: i for i, p in enumerate(self.paths)}
+
     def position(self, image: str | Path) -> int:
         """Row of `image` when that very file is in the index (same path after resolving links,
         or the same file on disk), else -1."""
@@ -68,9 +74,8 @@ class SearchIndex:
             rel = image.relative_to(Path(self.root).resolve()).as_posix()
         except ValueError:
             rel = None
-        rows = {p: i for i, p in enumerate(self.paths)}
-        if rel in rows:
-            return rows[rel]
+        if rel in self.rows:
+            return self.rows[rel]
         for i, p in enumerate(self.paths):  # the same file reached through another path
             candidate = Path(self.root) / p
             if candidate.name == image.name and candidate.exists() and os.path.samefile(candidate, image):
