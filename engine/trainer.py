@@ -41,7 +41,7 @@ from engine.checkpoint import (
 )
 from engine.evaluation import EvalResult, evaluate
 from engine.sampler import ResumableSampler
-from losses import LossOutput, RetrievalLoss
+from losses import LossOutput, RetrievalLoss, name_terms
 from models import build_model, map_tensors
 from utils.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_with_grad
 from utils.errors import UserError
@@ -124,10 +124,12 @@ class Stage:
 
 @dataclass
 class PendingStep:
-    """A step's loss parts, still on the device: read back (one sync) only at log steps."""
+    """A step's loss values, still on the device (one tensor: total, temperature, then the loss's terms (T, K)
+    row by row): read back (one sync) and named only at log steps."""
     step: int
     epoch: int
-    parts: dict[str, torch.Tensor]
+    values: torch.Tensor
+    terms: tuple[tuple[str, ...], tuple[str, ...]]   # the terms' names and grains (LossOutput.names, .grains)
     lr: float
     load_wait_ms: float = 0.0  # time the loop waited for this batch: an upper bound on the GPU's idle time
     step_ms: float = 0.0       # wall time per step over the log interval, everything included
@@ -296,7 +298,12 @@ class Trainer:
     def restore(self, checkpoint: dict, source: str) -> None:
         """Continue exactly where `checkpoint` stopped."""
         self.load_weights(checkpoint, source)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError) as e:  # e.g. written before the compositor's weights were stacked (issue 23)
+            raise CheckpointError(f"{source}: its optimizer state does not fit this model's parameters ({e}); it was "
+                                  f"written by another version of manme. Its weights still load (evaluate.py, "
+                                  f"retrieve.py); to train, start the run again in a new folder") from None
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.epoch_step, self.step = checkpoint["epoch"], checkpoint["epoch_step"], checkpoint["step"]
@@ -385,12 +392,13 @@ class Trainer:
         if self.dist.enabled and not self.cfg.gather_negatives:
             # per-rank negatives: each rank's loss covers its own batch, so log the mean over ranks
             # (one collective per flush; every rank flushes at the same steps)
-            keys = list(pending[0].parts)
-            means = all_reduce_mean(torch.stack([torch.stack([p.parts[k].float() for k in keys]) for p in pending]))
-            pending = [replace(p, parts=dict(zip(keys, m))) for p, m in zip(pending, means)]
+            means = all_reduce_mean(torch.stack([p.values for p in pending]))
+            pending = [replace(p, values=m) for p, m in zip(pending, means)]
         rows = []
         for p in pending:
-            values = {k: float(v) for k, v in p.parts.items()}
+            (total, temperature, *terms), (names, grains) = p.values.tolist(), p.terms
+            per_term = [terms[i:i + len(grains)] for i in range(0, len(terms), len(grains))]
+            values = {"total": total, **name_terms(per_term, names, grains), "temperature": temperature}
             finite = all(math.isfinite(v) for v in values.values())
             rows.append({"step": p.step, "epoch": p.epoch + 1, "loss": values.pop("total"), **values, "lr": p.lr,
                          "step_ms": round(p.step_ms, 2), "load_wait_ms": round(p.load_wait_ms, 2),
@@ -469,11 +477,11 @@ class Trainer:
             self.step += 1
             self.epoch_step += 1
             seen += batch.reference.shape[0] * self.dist.world_size
-            parts = {"total": out.total.detach(), **{k: v.detach() for k, v in out.parts.items()},
-                     "temperature": self.model.log_temperature.detach().exp()}
-            if self.cudagraphs:  # CUDA graphs reuse their output memory at the next step: keep copies to log
-                parts = {k: v.clone() for k, v in parts.items()}
-            pending.append(PendingStep(self.step, self.epoch, parts, self.optimizer.param_groups[0]["lr"],
+            # one small tensor a step (a copy, so CUDA graphs may reuse their output memory at the next step)
+            values = torch.cat([out.total.detach().float().view(1), self.model.log_temperature.detach().exp().view(1),
+                                out.terms.detach().float().flatten()])
+            pending.append(PendingStep(self.step, self.epoch, values, (out.names, out.grains),
+                                       self.optimizer.param_groups[0]["lr"],
                                        load_wait_ms=1e3 * (step_start - step_end)))
             at_save = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
             at_log = self.step % cfg.log_every == 0 or at_save

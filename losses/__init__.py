@@ -1,3 +1,3 @@
-from .retrieval import LossOutput, RetrievalLoss
+from .retrieval import LossOutput, RetrievalLoss, name_terms
 
-__all__ = ["LossOutput", "RetrievalLoss"]
+__all__ = ["LossOutput", "RetrievalLoss", "name_terms"]

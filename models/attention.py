@@ -12,21 +12,25 @@ matrix products per part, never a Q×G×d tensor. compose() computes every per-q
 tensors for backward.
 
 Grains and parts are computed together, not one by one (a training step is bound by launches, not
-arithmetic: BENCHMARKS.md): the attention MLPs of every grain and part are one wide Linear and one batched
-product, and the scores of every grain and part one batched product (the two parts of a grain share its
-targets, so they are stacked as rows: a (K, P·Q, d) × (K, G, d) product for K grains and P parts).
+arithmetic: BENCHMARKS.md): the attention MLPs of every grain and part are stacked parameters (one wide
+addmm and one baddbmm), and the scores of every grain and part one batched product (the two parts of a grain
+share its targets, so they are stacked as rows: a (K, P·Q, d) × (K, G, d) product for K grains and P parts).
+`Compose` and `AttendedCosine` are autograd functions with hand-written backwards: a few batched operations
+each way, where autograd would record every normalisation, softmax and product op by op.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .base import ComposedQuery, Retriever, l2
+from .base import ComposedQuery, Retriever
 from .products import full_precision, pairwise_dot
 
 log = logging.getLogger("manme")
@@ -49,37 +53,69 @@ def product(a: Tensor, b: Tensor) -> Tensor:
     return torch.mm(a, b) if a.dim() == 2 else torch.bmm(a, b)
 
 
+def l2_forward(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(x / max(||x||, EPS), max(||x||, EPS)) over the last dimension: F.normalize's formula, with the clamped
+    norm its backward reads."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_(min=EPS)
+    return x / norm, norm
+
+
+def l2_backward(grad: Tensor, y: Tensor, norm: Tensor) -> Tensor:
+    """d/dx of y = l2(x): (g - y <g, y>) / ||x||, or g / EPS where the norm was clamped (a constant there)."""
+    along = (grad * y).sum(-1, keepdim=True).masked_fill_(norm <= EPS, 0.0)
+    return torch.addcmul(grad, y, along, value=-1.0).div_(norm)
+
+
+def cosine_forward(u: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """(scores, inverse norms), each (..., Q, G): <u_i, L2(a_i ⊙ t_j)> = ((u ⊙ a) @ tᵀ) · rsqrt((a ⊙ a) @ (t ⊙ t)ᵀ);
+    and the products (u ⊙ a, a ⊙ a, t ⊙ t), which the backward reads again where they are kept."""
+    products = (u * a, a * a, t * t)
+    inv_norm = batched_pairwise_dot(products[1], products[2]).clamp_(min=EPS).rsqrt_()
+    return batched_pairwise_dot(products[0], t).mul_(inv_norm), inv_norm, products
+
+
+def cosine_backward(grad: Tensor, u: Tensor, a: Tensor, t: Tensor, scores: Tensor, inv_norm: Tensor,
+                    needs: tuple[bool, bool, bool], products: tuple[Tensor, Tensor, Tensor] | None = None
+                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The gradients of cosine_forward's scores for u, a, t (those `needs` asks for), from two (Q, G) matrices
+    (and the forward's products, or they are formed again). grad, scores and inv_norm may come as (K, P, Q, G) for
+    u, a (K, P·Q, d) (a grad broadcast over the parts)."""
+    grad_numerator = grad * inv_norm                             # d/d((u ⊙ a) tᵀ)
+    grad_energy = grad_numerator * scores * inv_norm * -0.5       # d/d((a ⊙ a)(t ⊙ t)ᵀ) = -s / (2 E)
+    grad_energy.masked_fill_(inv_norm >= EPS ** -0.5, 0.0)       # clamped entries
+    if grad_numerator.dim() != u.dim():
+        shape = (*u.shape[:-1], t.shape[-2])
+        grad_numerator, grad_energy = grad_numerator.view(shape), grad_energy.view(shape)
+    grad_u = grad_a = grad_t = None
+    if needs[0] or needs[1]:
+        grad_factor = product(grad_numerator, t)                        # d/d(u ⊙ a)
+        grad_u = grad_factor * a if needs[0] else None
+        if needs[1]:
+            t_squared = t * t if products is None else products[2]
+            grad_a = torch.addcmul(grad_factor * u, a, product(grad_energy, t_squared), value=2.0)
+    if needs[2]:
+        u_a, a_squared = (u * a, a * a) if products is None else products[:2]
+        grad_t = torch.addcmul(product(grad_numerator.mT, u_a), t, product(grad_energy.mT, a_squared), value=2.0)
+    return grad_u, grad_a, grad_t
+
+
 class AttendedCosine(torch.autograd.Function):
-    """(..., Q, G) scores <u_i, L2(a_i ⊙ t_j)> = ((u ⊙ a) @ tᵀ) · rsqrt((a ⊙ a) @ (t ⊙ t)ᵀ), for u, a
-    (Q, d) and t (G, d), or a batch of them: (K, Q, d) and (K, G, d), one product for all K.
+    """(..., Q, G) scores <u_i, L2(a_i ⊙ t_j)> for u, a (Q, d) and t (G, d), or a batch of them: (K, Q, d) and
+    (K, G, d), one product for all K.
 
     The backward is written by hand: it keeps only u, a, t (alive anyway) and two (Q, G)
     matrices, where autograd would keep u ⊙ a, a ⊙ a, t ⊙ t and every (Q, G) intermediate."""
 
     @staticmethod
     def forward(ctx, u: Tensor, attention: Tensor, target: Tensor) -> Tensor:
-        inv_norm = batched_pairwise_dot(attention * attention, target * target).clamp_(min=EPS).rsqrt_()
-        scores = batched_pairwise_dot(u * attention, target).mul_(inv_norm)
+        scores, inv_norm, _ = cosine_forward(u, attention, target)
         ctx.save_for_backward(u, attention, target, scores, inv_norm)
         return scores
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        u, a, t, scores, inv_norm = ctx.saved_tensors
-        grad_numerator = grad * inv_norm                             # d/d((u ⊙ a) tᵀ)
-        grad_energy = grad_numerator * scores * inv_norm * -0.5       # d/d((a ⊙ a)(t ⊙ t)ᵀ) = -s / (2 E)
-        grad_energy.masked_fill_(inv_norm >= EPS ** -0.5, 0.0)       # clamped entries
-        grad_u = grad_a = grad_t = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_factor = product(grad_numerator, t)                        # d/d(u ⊙ a)
-            grad_u = grad_factor * a if ctx.needs_input_grad[0] else None
-            if ctx.needs_input_grad[1]:
-                grad_a = torch.addcmul(grad_factor * u, a, product(grad_energy, t * t), value=2.0)
-        if ctx.needs_input_grad[2]:
-            grad_t = torch.addcmul(product(grad_numerator.mT, u * a), t, product(grad_energy.mT, a * a),
-                                   value=2.0)
-        return grad_u, grad_a, grad_t
+        return cosine_backward(grad, *ctx.saved_tensors, ctx.needs_input_grad)
 
 
 def attended_cosine(u: Tensor, attention: Tensor, target: Tensor) -> Tensor:
@@ -88,38 +124,101 @@ def attended_cosine(u: Tensor, attention: Tensor, target: Tensor) -> Tensor:
     return AttendedCosine.apply(u, attention, target)
 
 
+class Compose(torch.autograd.Function):
+    """Every grain's and part's composition at once (MANME.md §2), for text m (Q, d) and references r (K, Q, d):
+        A^{b,p} = softmax(W2^{b,p} relu(W1^{b,p} m + b1^{b,p}) + b2^{b,p})   every block b and part p
+        Tr_m = L2(W m)   (modified part),   L2(A_pre^g ⊙ r^g)   (preserved part, every grain g)
+    Returns (rows, attentions), each (K, P, Q, d): rows are what each part scores with (Tr_m, the same for every
+    grain; L2(A_pre ⊙ r)), attentions the A^{g,p} (a block per grain, or one shared by all).
+
+    Forward and backward are a dozen batched operations each (the backward by hand); autograd would record the
+    two normalisations, the softmax and the MLP op by op."""
+
+    @staticmethod
+    def forward(ctx, text: Tensor, references: Tensor, projection_weight: Tensor | None, hidden_weight: Tensor,
+                hidden_bias: Tensor, output_weight: Tensor, output_bias: Tensor, parts: tuple[str, ...]):
+        """hidden_weight (n·d, d) and hidden_bias (n·d,): the n = blocks · parts first layers side by side;
+        output_weight (n, d, d), output_bias (n, d)."""
+        ctx.set_materialize_grads(False)
+        n, d = output_weight.shape[:2]
+        q, k, p = text.shape[0], references.shape[0], len(parts)
+        hidden = torch.addmm(hidden_bias, text, hidden_weight.t()).relu_()
+        hidden = hidden.view(q, n, d).transpose(0, 1)                                          # (n, Q, d)
+        attention = torch.baddbmm(output_bias.unsqueeze(1), hidden, output_weight.mT).softmax(-1)
+        grains = attention.view(n // p, p, q, d)
+        if n // p < k:                          # one shared block: every grain reads it
+            grains = grains.expand(k, p, q, d).contiguous()
+        rows, projection, projection_norm, preserved, preserved_norm = [], None, None, None, None
+        if parts[0] == "modified":
+            projection, projection_norm = l2_forward(torch.mm(text, projection_weight.t()))
+            rows.append(projection.expand(k, q, d))
+        if parts[-1] == "preserved":
+            preserved, preserved_norm = l2_forward(grains[:, -1] * references)
+            rows.append(preserved)
+        ctx.parts = parts
+        ctx.save_for_backward(text, references, projection_weight, hidden_weight, output_weight, hidden, attention,
+                              projection, projection_norm, preserved, preserved_norm)
+        return torch.stack(rows, 1), grains
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_rows: Tensor | None, grad_attention: Tensor | None):
+        (text, references, projection_weight, hidden_weight, output_weight, hidden, attention,
+         projection, projection_norm, preserved, preserved_norm) = ctx.saved_tensors
+        parts, (n, q, d) = ctx.parts, attention.shape
+        k, p = references.shape[0], len(parts)
+        grad_references = grad_projection_weight = None
+        grad_grains = references.new_zeros(k, p, q, d) if grad_attention is None else grad_attention.clone()
+        if grad_rows is not None and preserved is not None:
+            grad_preserved = l2_backward(grad_rows[:, -1], preserved, preserved_norm)     # (K, Q, d)
+            grad_references = grad_preserved * attention.view(n // p, p, q, d)[:, -1]
+            grad_grains[:, -1].addcmul_(grad_preserved, references)
+        if n // p < k:
+            grad_grains = grad_grains.sum(0)
+        grad_logits = torch._softmax_backward_data(grad_grains.view(n, q, d), attention, -1, attention.dtype)
+        grad_output_weight, grad_output_bias = torch.bmm(grad_logits.mT, hidden), grad_logits.sum(1)
+        grad_hidden = torch.ops.aten.threshold_backward(torch.bmm(grad_logits, output_weight), hidden, 0)
+        grad_hidden = grad_hidden.transpose(0, 1).reshape(q, n * d)
+        grad_hidden_weight, grad_hidden_bias = torch.mm(grad_hidden.t(), text), grad_hidden.sum(0)
+        grad_text = torch.mm(grad_hidden, hidden_weight)
+        if grad_rows is not None and projection is not None:
+            grad_projection = l2_backward(grad_rows[:, 0].sum(0), projection, projection_norm)
+            grad_projection_weight = torch.mm(grad_projection.t(), text)
+            grad_text = torch.addmm(grad_text, grad_projection, projection_weight)
+        return (grad_text, grad_references, grad_projection_weight, grad_hidden_weight, grad_hidden_bias,
+                grad_output_weight, grad_output_bias, None)
+
+
 @dataclass
 class AttentionQuery(ComposedQuery):
-    """Every grain and part stacked, the query count first (slicing, `.to()` and gathering stay generic).
+    """Every grain and part stacked, the query count first (slicing, `.to()` and gathering stay generic); Compose
+    makes `attentions` and `rows` as views of (K, P, Q, d) stacks, which scoring reads without a copy.
     The per-grain dicts of earlier versions are views of the stacks (properties below)."""
     text: Tensor                      # m (Q, d)
-    text_projection: Tensor | None    # Tr_m = L2(W m); None for is-only
     references: Tensor                # r (Q, K, d), K grains
     attentions: Tensor                # (Q, K, P, d): the parts' attentions, softmax over d; P = len(parts)
-    preserved_references: Tensor | None  # L2(A_pre ⊙ r) (Q, K, d); None for em-only
+    rows: Tensor                      # (Q, K, P, d): what each part scores with: Tr_m = L2(W m), L2(A_pre ⊙ r)
     grains: tuple[str, ...]
     parts: tuple[str, ...]            # PARTS the variant has, in that order
+    # Compose's (rows, attentions), each (K, P, Q, d) contiguous: what the training objective reads without a
+    # copy. Not a field of slicing, `.to()` or gathering: their queries have None and stack again.
+    stacks: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
-    @classmethod
-    def build(cls, text: Tensor, text_projection: Tensor | None, reference: dict[str, Tensor],
-              modification_attention: dict[str, Tensor], preserve_attention: dict[str, Tensor]) -> AttentionQuery:
-        """From per-grain dicts (A_mod^g, A_pre^g (Q, d)); the model's compose() builds the stacks directly."""
-        grains = tuple(reference)
-        parts = [(p, d) for p, d in zip(PARTS, (modification_attention, preserve_attention)) if d]
-        attentions = torch.stack([torch.stack([d[g] for _, d in parts], 1) for g in grains], 1)
-        return cls.from_stacks(text, text_projection, torch.stack([reference[g] for g in grains], 1), attentions,
-                               grains, tuple(p for p, _ in parts))
+    def stacked(self) -> tuple[Tensor, Tensor]:
+        """(rows, attentions), each (K, P, Q, d) contiguous."""
+        if self.stacks is not None:
+            return self.stacks
+        return self.rows.permute(1, 2, 0, 3).contiguous(), self.attentions.permute(1, 2, 0, 3).contiguous()
 
-    @classmethod
-    def from_stacks(cls, text: Tensor, text_projection: Tensor | None, references: Tensor, attentions: Tensor,
-                    grains: tuple[str, ...], parts: tuple[str, ...]) -> AttentionQuery:
-        """Cast to float32 (scores are compared across a whole gallery) and precompute L2(A_pre ⊙ r)."""
-        attentions, references = full_precision(attentions), full_precision(references)
-        preserved = l2(attentions[:, :, parts.index("preserved")] * references) if "preserved" in parts else None
-        return cls(text=full_precision(text),
-                   text_projection=None if text_projection is None else full_precision(text_projection),
-                   references=references, attentions=attentions, preserved_references=preserved,
-                   grains=tuple(grains), parts=tuple(parts))
+    @property
+    def text_projection(self) -> Tensor | None:
+        """Tr_m = L2(W m) (Q, d); None for is-only."""
+        return self.rows[:, 0, 0] if "modified" in self.parts else None
+
+    @property
+    def preserved_references(self) -> Tensor | None:
+        """L2(A_pre ⊙ r) (Q, K, d); None for em-only."""
+        return self.rows[:, :, -1] if "preserved" in self.parts else None
 
     def _part(self, part: str) -> dict[str, Tensor]:
         if part not in self.parts:
@@ -144,36 +243,98 @@ class AttentionQuery(ComposedQuery):
     @property
     def preserved_reference(self) -> dict[str, Tensor]:
         """grain -> L2(A_pre^g ⊙ r^g) (Q, d); empty for em-only."""
-        if self.preserved_references is None:
+        if "preserved" not in self.parts:
             return {}
-        return {g: self.preserved_references[:, k] for k, g in enumerate(self.grains)}
+        return {g: self.rows[:, k, -1] for k, g in enumerate(self.grains)}
 
     def scoring_rows(self) -> tuple[Tensor, Tensor]:
         """(u, a), each (K, P·Q, d): the rows every part scores against the grain's targets (part-major
-        within a grain: rows p·Q .. p·Q + Q - 1 are part p)."""
+        within a grain: rows p·Q .. p·Q + Q - 1 are part p). Views where Compose made the stacks."""
         q, k, p, d = self.attentions.shape
-        u = [self.text_projection.expand(k, q, d) if part == "modified" else self.preserved_references.transpose(0, 1)
-             for part in self.parts]
-        u = u[0] if p == 1 else torch.stack(u, 1)
-        return u.reshape(k, p * q, d), self.attentions.permute(1, 2, 0, 3).reshape(k, p * q, d)
+        return (self.rows.permute(1, 2, 0, 3).reshape(k, p * q, d),
+                self.attentions.permute(1, 2, 0, 3).reshape(k, p * q, d))
 
 
-def attention_mlp(d: int) -> nn.Sequential:
-    """Linear(d,d) -> ReLU -> Linear(d,d) -> softmax over the d channels. The modules hold the weights (and
-    name them in checkpoints); compose() runs every grain's and part's MLP together (AttentionRetriever)."""
-    return nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, d), nn.Softmax(dim=-1))
+def linear_init_(weight: Tensor, bias: Tensor) -> None:
+    """nn.Linear's initialisation (reset_parameters), on a slice of a stacked weight."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    bound = 1 / math.sqrt(weight.shape[1])
+    nn.init.uniform_(bias, -bound, bound)
 
 
-class CompositorBlock(nn.Module):
-    """One granularity's modification and preservation attentions over the text."""
+class AttentionMLPs(nn.Module):
+    """The attention MLPs of every block (a grain, or "shared") and part: Linear(d, d) -> ReLU -> Linear(d, d) ->
+    softmax over the d channels, as stacked weights (the first layers (n·d, d) side by side, the second (n, d, d);
+    n = blocks · parts), so
+    that Compose runs them all in one addmm and one baddbmm and the optimizer updates four tensors.
 
-    def __init__(self, d: int, modification: bool = True, preservation: bool = True):
+    Checkpoints keep the per-block names of the earlier nn.Sequential layout (`<block>.modification.0.weight`,
+    `.0.bias`, `.2.weight`, `.2.bias`, and `preservation`): _save_to_state_dict and _load_from_state_dict
+    translate. The initial values are nn.Linear's, drawn in the earlier modules' order (the same seed gives the
+    same weights)."""
+
+    MODULE_NAMES = {"modified": "modification", "preserved": "preservation"}
+    TENSORS = (("hidden_weight", "0.weight"), ("hidden_bias", "0.bias"), ("output_weight", "2.weight"),
+               ("output_bias", "2.bias"))
+
+    def __init__(self, blocks: list[str], parts: tuple[str, ...], d: int):
         super().__init__()
-        self.modification = attention_mlp(d) if modification else None
-        self.preservation = attention_mlp(d) if preservation else None
+        self.block_names, self.parts = list(blocks), tuple(parts)
+        n = len(self.block_names) * len(self.parts)
+        self.d = d
+        self.hidden_weight, self.output_weight = nn.Parameter(torch.empty(n * d, d)), nn.Parameter(torch.empty(n, d, d))
+        self.hidden_bias, self.output_bias = nn.Parameter(torch.empty(n * d)), nn.Parameter(torch.empty(n, d))
+        with torch.no_grad():
+            for i in range(n):
+                linear_init_(self.row("hidden_weight", i), self.row("hidden_bias", i))
+                linear_init_(self.row("output_weight", i), self.row("output_bias", i))
 
-    def mlp(self, part: str) -> nn.Sequential:
-        return self.modification if part == "modified" else self.preservation
+    def row(self, name: str, i: int) -> Tensor:
+        """Block-and-part i's slice of a stacked parameter: (d, d) weights, (d,) biases."""
+        value = getattr(self, name)
+        return value[i * self.d:(i + 1) * self.d] if name.startswith("hidden") else value[i]
+
+    def index(self, block: str, part: str) -> int:
+        return self.block_names.index(block) * len(self.parts) + self.parts.index(part)
+
+    def keys(self, prefix: str) -> dict[str, tuple[str, int]]:
+        """checkpoint key -> (stacked parameter, row)."""
+        return {f"{prefix}{block}.{self.MODULE_NAMES[part]}.{suffix}": (name, self.index(block, part))
+                for block in self.block_names for part in self.parts for name, suffix in self.TENSORS}
+
+    def attention(self, block: str, part: str, text: Tensor) -> Tensor:
+        """(Q, d) one block's and part's attention, alone (diagnostics and tests; Compose runs them all)."""
+        i = self.index(block, part)
+        hidden = F.relu(F.linear(text, self.row("hidden_weight", i), self.row("hidden_bias", i)))
+        return F.linear(hidden, self.row("output_weight", i), self.row("output_bias", i)).softmax(-1)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for key, (name, row) in self.keys(prefix).items():
+            value = self.row(name, row)
+            destination[key] = value if keep_vars else value.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        expected = self.keys(prefix)
+        with torch.no_grad():
+            for key, (name, row) in expected.items():
+                if key not in state_dict:
+                    missing_keys.append(key)
+                    continue
+                target, value = self.row(name, row), state_dict[key]
+                if value.shape != target.shape:
+                    error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} "
+                                      f"from checkpoint, the shape in current model is {tuple(target.shape)}.")
+                    continue
+                target.copy_(value)
+        unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in expected)
+
+
+@dataclass(frozen=True)
+class CompositorBlock:
+    """One granularity's modification and preservation attentions over the text, as callables (or None)."""
+    modification: object
+    preservation: object
 
 
 class AttentionRetriever(Retriever):
@@ -184,32 +345,28 @@ class AttentionRetriever(Retriever):
         super().__init__(cfg, vocab_size, grains, **kw)
         d = cfg.embed_dim
         self.text_projection = nn.Linear(d, d, bias=False) if self.has_modified else None
-        keys = ["shared"] if cfg.share_attention else self.grains
-        self.blocks = nn.ModuleDict({k: CompositorBlock(d, self.has_modified, self.has_preserved) for k in keys})
         self.parts = tuple(p for p, has in zip(PARTS, (self.has_modified, self.has_preserved)) if has)
+        self.blocks = AttentionMLPs(["shared"] if cfg.share_attention else self.grains, self.parts, d)
 
     def block(self, grain: str) -> CompositorBlock:
-        return self.blocks[grain] if grain in self.blocks else self.blocks["shared"]
-
-    def attentions(self, text: Tensor) -> Tensor:
-        """(Q, K, P, d): every grain's and part's attention MLP at once. The first layers read the same
-        text: one Linear with the weights side by side; the second layers, one batched product.
-
-        The weights stay one Linear per block and part (concatenated here, per step) so that checkpoints,
-        optimizer states and --share_attention keep their layout; the concatenation is a few copies of
-        d×d matrices, no launch per grain."""
-        mlps = [block.mlp(p) for block in self.blocks.values() for p in self.parts]
-        q, d, n = text.shape[0], text.shape[-1], len(mlps)
-        hidden = F.relu(F.linear(text, torch.cat([m[0].weight for m in mlps]), torch.cat([m[0].bias for m in mlps])))
-        weight, bias = torch.stack([m[2].weight for m in mlps]), torch.stack([m[2].bias for m in mlps])
-        out = torch.baddbmm(bias.unsqueeze(1), hidden.view(q, n, d).transpose(0, 1), weight.mT).softmax(-1)
-        out = out.view(len(self.blocks), len(self.parts), q, d).permute(2, 0, 1, 3)   # (Q, blocks, P, d)
-        return out.expand(q, len(self.grains), len(self.parts), d) if len(self.blocks) < len(self.grains) else out
+        name = grain if grain in self.blocks.block_names else "shared"
+        mlp = {p: functools.partial(self.blocks.attention, name, p) for p in self.parts}
+        return CompositorBlock(mlp.get("modified"), mlp.get("preserved"))
 
     def compose(self, reference: dict[str, Tensor], text: Tensor) -> AttentionQuery:
-        projection = l2(self.text_projection(text)) if self.has_modified else None
-        references = torch.stack([reference[g] for g in self.grains], 1)
-        return AttentionQuery.from_stacks(text, projection, references, self.attentions(text), self.grains, self.parts)
+        """In float32 whatever the autocast (a few (Q, d) × (d, d) products; scores compare across a gallery)."""
+        references = full_precision(torch.stack([reference[g] for g in self.grains]))   # (K, Q, d)
+        text = full_precision(text)
+        with torch.autocast(text.device.type, enabled=False):
+            rows, attentions = Compose.apply(
+                text, references, None if self.text_projection is None else self.text_projection.weight,
+                self.blocks.hidden_weight, self.blocks.hidden_bias, self.blocks.output_weight,
+                self.blocks.output_bias, self.parts)
+        query = AttentionQuery(text=text, references=references.transpose(0, 1),
+                               attentions=attentions.permute(2, 0, 1, 3), rows=rows.permute(2, 0, 1, 3),
+                               grains=tuple(self.grains), parts=self.parts)
+        query.stacks = (rows, attentions)
+        return query
 
     def stacked_part_scores(self, query: AttentionQuery, targets: Tensor) -> Tensor:
         """(K, P, Q, G) scores of every grain and part against targets (K, G, d): one batched product."""

@@ -48,18 +48,23 @@ def attended(a, t):
 
 def definitions(model, cfg, reference, text, targets):
     """sim/me/overlap per grain, written from MANME.md §2 (attention compositor, matmul scoring)-§3 with
-    broadcast scores."""
+    broadcast scores (me and overlap where the variant has both attentions); by autograd, op by op."""
     tau = model.log_temperature.exp()
-    projection = F.normalize(model.text_projection(text), dim=-1)
-    relevance = F.normalize(cfg.alpha * text + (1 - cfg.alpha) * projection, dim=-1)
+    both = model.text_projection is not None and model.has_preserved
     out = {}
     for g in model.grains:
-        a_mod, a_pre = model.block(g).modification(text), model.block(g).preservation(text)
-        r, t = reference[g], targets[g]
-        s_mod = (projection[:, None] * attended(a_mod, t)).sum(-1)
-        s_pre = (F.normalize(a_pre * r, dim=-1)[:, None] * attended(a_pre, t)).sum(-1)
-        logits = tau * (s_mod + s_pre)
-        out[f"sim/{g}"] = -torch.log_softmax(logits, dim=1).diagonal().mean()
+        block, r, t, s = model.block(g), reference[g], targets[g], 0
+        if model.text_projection is not None:
+            projection = F.normalize(model.text_projection(text), dim=-1)
+            a_mod = block.modification(text)
+            s = s + (projection[:, None] * attended(a_mod, t)).sum(-1)
+        if block.preservation is not None:
+            a_pre = block.preservation(text)
+            s = s + (F.normalize(a_pre * r, dim=-1)[:, None] * attended(a_pre, t)).sum(-1)
+        out[f"sim/{g}"] = -torch.log_softmax(tau * s, dim=1).diagonal().mean()
+        if not both:
+            continue
+        relevance = F.normalize(cfg.alpha * text + (1 - cfg.alpha) * projection, dim=-1)
         rel_mod = (relevance * F.normalize(a_mod * t, dim=-1)).sum(-1)
         rel_pre = (relevance * F.normalize(a_pre * t, dim=-1)).sum(-1)
         out[f"me/{g}"] = torch.clamp(cfg.margin_list[g] + rel_pre - rel_mod, min=0).mean()
@@ -120,13 +125,48 @@ def test_artemis_preset_has_no_mutual_exclusion_in_total():
     assert not out.parts["me"].requires_grad and not out.parts["overlap"].requires_grad  # diagnostics only
 
 
-def test_overlap_is_detached_unless_weighted():
-    for lambda_ov, grad in ((0.0, False), (0.5, True)):
-        model, cfg = small("manme", lambda_ov=lambda_ov)
+def test_parts_are_logged_values_and_the_total_weights_them():
+    for lambda_me, lambda_ov in ((1.0, 0.0), (0.0, 0.5)):
+        model, cfg = small("manme", lambda_me=lambda_me, lambda_ov=lambda_ov)
         reference, text, targets = batch(model)
         out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
-        assert out.parts["overlap"].requires_grad == grad
-        assert out.parts["me"].requires_grad
+        assert out.total.requires_grad and not any(v.requires_grad for v in out.parts.values())
+        expected = out.parts["sim"] + lambda_me * out.parts["me"] + lambda_ov * out.parts["overlap"]
+        torch.testing.assert_close(out.total.detach(), expected)
+
+
+@pytest.mark.parametrize("name,lambda_me,lambda_ov,share", [
+    ("manme", 1.0, 0.0, False), ("manme", 0.3, 0.5, False), ("manme", 0.0, 0.0, True), ("artemis", None, 0.0, False),
+    ("em-only", None, 0.0, False), ("is-only", None, 0.0, False)])
+def test_hand_written_backwards_match_autograd_of_the_definitions(name, lambda_me, lambda_ov, share):
+    """Compose's and AttentionObjective's backwards against autograd through `definitions` (op by op), float64:
+    the gradient of every parameter (the stacked MLPs, the projection, the temperature) and of the embeddings."""
+    flags = dict(model=name, backbone="resnet18", backbone_weights="none", embed_dim=D, word_dim=8,
+                 lambda_ov=lambda_ov, share_attention=share, **({} if lambda_me is None else {"lambda_me": lambda_me}))
+    cfg = resolve(flags)
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=20).double()
+    reference, text, targets = batch(model, b=5, dtype=torch.float64)
+    embeddings = [*reference.values(), text, *targets.values()]
+    for x in embeddings:
+        x.requires_grad_(True)
+
+    def gradients(total):
+        params = [p for p in model.parameters() if p.requires_grad and p.dtype == torch.float64]
+        return torch.autograd.grad(total, params + embeddings, allow_unused=True)
+
+    out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+    parts = definitions(model, cfg, reference, text, targets)
+    expected_total = sum(v for k, v in parts.items() if k.startswith("sim/"))
+    if "me/coarse" in parts:
+        expected_total = expected_total + cfg.lambda_me * sum(parts[f"me/{g}"] for g in model.grains) \
+            + lambda_ov * sum(parts[f"overlap/{g}"] for g in model.grains)
+    torch.testing.assert_close(out.total, expected_total)
+    for got, want in zip(gradients(out.total), gradients(expected_total)):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
 def test_temperature_scales_logits():
@@ -150,21 +190,20 @@ class WithTemperature:
 
 
 @pytest.mark.parametrize("name", ["manme", "artemis", "tirg", "em-only", "is-only", "late-fusion"])
-def test_gradcheck_losses(name):
-    """Every part (sim, me, overlap with lambda_ov > 0) and the total, w.r.t. embeddings and kappa."""
-    model, cfg = small(name, lambda_me=1.0, lambda_ov=0.5, dtype=torch.float64)
+@pytest.mark.parametrize("lambda_me,lambda_ov", [(0.0, 0.0), (1.0, 0.0), (0.0, 0.5)])
+def test_gradcheck_losses(name, lambda_me, lambda_ov):
+    """The total, w.r.t. embeddings and kappa, with each term alone beside the cross-entropy."""
+    model, cfg = small(name, lambda_me=lambda_me, lambda_ov=lambda_ov, dtype=torch.float64)
     loss_fn = RetrievalLoss(cfg)
     reference, text, targets = batch(model, b=3, dtype=torch.float64)
     grains = model.grains
     inputs = [reference[g] for g in grains] + [text] + [targets[g] for g in grains]
     kappa = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     inputs = [x.clone().requires_grad_(True) for x in inputs] + [kappa]
-    names = ["sim", "me", "overlap"] if name in BOTH_ATTENTIONS else ["sim"]
 
     def loss(*xs):
         k = len(grains)
         ref, txt, tgt, kappa = dict(zip(grains, xs[:k])), xs[k], dict(zip(grains, xs[k + 1:2 * k + 1])), xs[-1]
-        out = loss_fn(WithTemperature(model, kappa), model.compose(ref, txt), tgt)
-        return torch.stack([out.total] + [out.parts[n] for n in names])
+        return loss_fn(WithTemperature(model, kappa), model.compose(ref, txt), tgt).total
 
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5)

@@ -55,7 +55,7 @@ def test_every_grain_subset_builds_only_what_it_needs(grains):
     assert set(encoder.projections) == set(wanted)
     assert hasattr(encoder, "lat4") == (wanted != ["coarse"])       # coarse alone: no top-down path
     assert hasattr(encoder, "lat3") == ("fine" in wanted)
-    assert set(model.blocks) == set(wanted)
+    assert set(model.blocks.block_names) == set(wanted)
 
 
 def test_text_encoder_shapes_and_padding():

@@ -314,7 +314,7 @@ def test_second_sigint_stops_at_once_keeping_the_last_save(tiny_root, vocab_dir,
 # ---- non-finite loss ----
 
 def nan_at(monkeypatch, step: int):
-    """The loss of optimizer step `step` (and its `sim` part) become NaN, gradients included."""
+    """The loss of optimizer step `step` (and its terms, `sim` included) become NaN, gradients included."""
     from engine.trainer import Trainer
     original = Trainer.train_step
 
@@ -322,7 +322,7 @@ def nan_at(monkeypatch, step: int):
         out = original(self, batch)
         if self.step + 1 == step:
             out.total = out.total * float("nan")
-            out.parts["sim"] = out.parts["sim"] * float("nan")
+            out.terms = out.terms * float("nan")
         return out
     monkeypatch.setattr(Trainer, "train_step", patched)
 
@@ -396,3 +396,20 @@ def test_search_index_that_runs_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"evil\.index: refused to load"):
         load_index(evil)
     assert not marker.exists()
+
+
+def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused_naming_the_way_out(
+        tiny_root, vocab_dir, tmp_path, monkeypatch):
+    """E.g. a last.pt written before the compositor's weights were stacked (one AdamW state per grain's MLP):
+    its weights load, its optimizer state cannot continue."""
+    signal_at(monkeypatch, 2)
+    with pytest.raises(SystemExit):
+        train_here(*short(tiny_root, vocab_dir, tmp_path))
+    monkeypatch.undo()
+    last = tmp_path / "s" / "stage1" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["optimizer"]["param_groups"][0]["params"].append(10_000)   # one parameter more than the model has
+    torch.save(state, last)
+    from engine.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match=r"last\.pt: its optimizer state does not fit.*start the run again"):
+        train_here(*short(tiny_root, vocab_dir, tmp_path, "--resume", "auto"))
