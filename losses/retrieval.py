@@ -56,7 +56,7 @@ def cross_entropy_per_grain(logits: Tensor) -> Tensor:
 class AttentionObjective(torch.autograd.Function):
     """Scores, cross-entropy, mutual exclusion and overlap of every grain at once, from Compose's stacks:
     rows u and attentions a (K, P, Q, d), the text m (Q, d), targets t (K, G, d) (the first Q are the positives),
-    the log-temperature kappa and the margins (K,). Returns the total, sum_g sim + lambda_me sum_g me +
+    the log-temperature kappa and the margins (K, 1). Returns the total, sum_g sim + lambda_me sum_g me +
     lambda_ov sum_g overlap, and the terms (T, K) (sim; me and overlap with both parts): values to log, without
     a gradient. Terms of weight 0 are computed in the forward only."""
 
@@ -79,7 +79,7 @@ class AttentionObjective(torch.autograd.Function):
             relevance, relevance_norm = l2_forward(torch.lerp(rows[0, 0], text, alpha))     # m̂ (Q, d)
             attended, attended_norm = l2_forward(attentions * targets[:, None, :q])   # L2(a ⊙ t_i) (K, 2, Q, d)
             rel = (attended * relevance).sum(-1)                                              # (K, 2, Q)
-            hinge = torch.add(rel[:, 1] - rel[:, 0], margins[:, None]).relu_()
+            hinge = torch.add(rel[:, 1] - rel[:, 0], margins).relu_()                          # margins (K, 1)
             overlap = torch.minimum(attentions[:, 0], attentions[:, 1]).sum(-1).mean(-1)
             terms += [hinge.mean(-1), overlap]
             if lambda_me:
@@ -117,7 +117,7 @@ class AttentionObjective(torch.autograd.Function):
             grad_rel = torch.stack((-w, w), 1).unsqueeze(-1)                                  # (K, 2, Q, 1)
             grad_product = l2_backward(grad_rel * relevance, attended, attended_norm)        # d/d(a ⊙ t)
             grad_attentions.addcmul_(grad_product, targets[:, None, :q])
-            grad_t[:, :q] += (grad_product * attentions).sum(1)
+            grad_t[:, :q].add_((grad_product * attentions).sum(1))
             grad_mixed = l2_backward((grad_rel * attended).sum((0, 1)), relevance, relevance_norm)
             grad_text = grad_mixed * alpha
             grad_rows[0, 0].add_(grad_mixed, alpha=1.0 - alpha)
@@ -139,10 +139,10 @@ class RetrievalLoss(nn.Module):
         self._margin_tensors: dict = {}
 
     def margin_tensor(self, grains, device) -> Tensor:
-        """(K,) the margins of `grains`, made once per grain set and device (no copy to the device per step)."""
+        """(K, 1) the margins of `grains`, made once per grain set and device (no copy to the device per step)."""
         key = (tuple(grains), str(device))
         if key not in self._margin_tensors:
-            self._margin_tensors[key] = torch.tensor([self.margins[g] for g in grains], device=device)
+            self._margin_tensors[key] = torch.tensor([[self.margins[g]] for g in grains], device=device)
         return self._margin_tensors[key]
 
     def forward(self, model, query, targets: dict[str, Tensor]) -> LossOutput:
