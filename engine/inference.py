@@ -163,13 +163,20 @@ def build_queries(model, vocab: Vocabulary, reference: dict[str, torch.Tensor], 
 @torch.inference_mode()
 def rank_gallery(model, query: ComposedQuery, gallery: dict[str, torch.Tensor], targets: list[list[int]],
                  references: list[int], topk: int = 50, query_chunk: int = 1024, gallery_chunk: int = 8192,
-                 progress: bool = False) -> RankResult:
+                 progress: bool = False, squares: dict[str, torch.Tensor] | None = None) -> RankResult:
     """Rank every query against the gallery (grain -> (G, d)) with the model's matmul scoring;
     engine.ranking states the rules (ties, the excluded reference, several targets). Non-finite scores raise
-    engine.ranking.NonFiniteScores: they are never ranked."""
+    engine.ranking.NonFiniteScores: they are never ranked. `squares`: model.target_squares(gallery), kept by a
+    caller that ranks the same gallery again (the search index), or None."""
     n_gallery = len(next(iter(gallery.values())))
+
+    def score(qs: slice, gs: slice) -> torch.Tensor:
+        targets = {g: x[gs] for g, x in gallery.items()}
+        scores = (model.score(query[qs], targets) if squares is None else
+                  model.score(query[qs], targets, {g: x[gs] for g, x in squares.items()}))
+        return check_finite(scores.float(), "scores")
+
     return rank_queries(
-        lambda qs, gs: check_finite(model.score(query[qs], {g: x[gs] for g, x in gallery.items()}).float(),
-                                    "scores"),
+        score,
         n_queries=len(query), n_gallery=n_gallery, targets=targets, references=references, topk=topk,
         query_chunk=query_chunk, gallery_chunk=gallery_chunk, progress=progress)

@@ -57,8 +57,9 @@ class AttendedCosine(torch.autograd.Function):
     matrices, where autograd would keep u ⊙ a, a ⊙ a, t ⊙ t and every (Q, G) intermediate."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, attention: Tensor, target: Tensor) -> Tensor:
-        inv_norm = batched_pairwise_dot(attention * attention, target * target).clamp_(min=EPS).rsqrt_()
+    def forward(ctx, u: Tensor, attention: Tensor, target: Tensor, target_squared: Tensor | None = None) -> Tensor:
+        squared = target * target if target_squared is None else target_squared
+        inv_norm = batched_pairwise_dot(attention * attention, squared).clamp_(min=EPS).rsqrt_()
         scores = batched_pairwise_dot(u * attention, target).mul_(inv_norm)
         ctx.save_for_backward(u, attention, target, scores, inv_norm)
         return scores
@@ -79,13 +80,15 @@ class AttendedCosine(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_t = torch.addcmul(product(grad_numerator.mT, u * a), t, product(grad_energy.mT, a * a),
                                    value=2.0)
-        return grad_u, grad_a, grad_t
+        return grad_u, grad_a, grad_t, None
 
 
-def attended_cosine(u: Tensor, attention: Tensor, target: Tensor) -> Tensor:
+def attended_cosine(u: Tensor, attention: Tensor, target: Tensor, target_squared: Tensor | None = None) -> Tensor:
     """(Q, G) matrix of <u_i, L2(a_i ⊙ t_j)> for u, a (Q, d) and targets t (G, d); batched: (K, Q, G)
-    for u, a (K, Q, d) and t (K, G, d)."""
-    return AttendedCosine.apply(u, attention, target)
+    for u, a (K, Q, d) and t (K, G, d). `target_squared`: t ⊙ t, when the caller keeps it (the search server ranks
+    the same targets for every query; for one query, squaring them costs as much memory traffic as the products),
+    else computed here. It gets no gradient."""
+    return AttendedCosine.apply(u, attention, target, target_squared)
 
 
 @dataclass
@@ -222,22 +225,34 @@ class AttentionRetriever(Retriever):
         parts = self.stacked_part_scores(query, targets)
         return parts[:, 0] if parts.shape[1] == 1 else parts.sum(1)
 
-    def part_scores(self, query: AttentionQuery, targets: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    def part_scores(self, query: AttentionQuery, targets: dict[str, Tensor],
+                    squares: dict[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
         """{"modified": grain -> (Q, G), "preserved": grain -> (Q, G)} (the parts the variant has). One
-        product per grain (evaluation-sized galleries are not stacked, and keep pairwise_dot's oneDNN path)."""
+        product per grain (evaluation-sized galleries are not stacked, and keep pairwise_dot's oneDNN path).
+        `squares`: target_squares(targets), or None to compute them."""
         out = {"modified": {}, "preserved": {}}
         q = len(query)
         with torch.autocast(query.text.device.type, enabled=False):
             u, a = query.scoring_rows()
             for k, g in enumerate(self.grains):
-                scores = attended_cosine(u[k], a[k], full_precision(targets[g]))
+                squared = None if squares is None else squares[g]
+                scores = attended_cosine(u[k], a[k], full_precision(targets[g]), squared)
                 for i, part in enumerate(query.parts):
                     out[part][g] = scores[i * q:(i + 1) * q]
         return out
 
-    def score_per_grain(self, query: AttentionQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:
-        parts = self.part_scores(query, targets)
+    def target_squares(self, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """grain -> t ⊙ t (float32): the energy product's operand, the same for every query."""
+        return {g: full_precision(targets[g]) * full_precision(targets[g]) for g in self.grains if g in targets}
+
+    def score_per_grain(self, query: AttentionQuery, targets: dict[str, Tensor],
+                        squares: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        parts = self.part_scores(query, targets, squares)
         return {g: sum(parts[p][g] for p in PARTS if g in parts[p]) for g in self.grains}
+
+    def score(self, query: AttentionQuery, targets: dict[str, Tensor],
+              squares: dict[str, Tensor] | None = None) -> Tensor:
+        return sum(self.score_per_grain(query, targets, squares).values())
 
     def score_parts(self, query: AttentionQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         parts = self.part_scores(query, targets)

@@ -141,8 +141,16 @@ class Retriever(nn.Module):
         what the loss reads. Variants that batch their grains compute it in one go."""
         return torch.stack(list(self.score_per_grain(query, dict(zip(self.grains, targets.unbind(0)))).values()))
 
-    def score(self, query: ComposedQuery, targets: dict[str, Tensor]) -> Tensor:
-        """(Q, G) retrieval score S = sum over the model's grains."""
+    def target_squares(self, targets: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """What score() can reuse across queries for these targets (the attention variants: t ⊙ t per grain),
+        for a caller that ranks one gallery many times (the search page); None where score() needs nothing more
+        than the targets (dot products)."""
+        return None
+
+    def score(self, query: ComposedQuery, targets: dict[str, Tensor],
+              squares: dict[str, Tensor] | None = None) -> Tensor:
+        """(Q, G) retrieval score S = sum over the model's grains. `squares`: target_squares(targets), the same
+        rows, or None (computed as needed)."""
         return sum(self.score_per_grain(query, targets).values())
 
     def score_parts(self, query: ComposedQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:

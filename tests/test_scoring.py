@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from config import resolve
 from models import VARIANTS, build_model, map_tensors
-from models.attention import AttentionQuery
+from models.attention import AttentionQuery, AttentionRetriever
 from models.baselines import EmbeddingQuery
 from tests.helpers import ON_RESNET
 
@@ -97,6 +97,28 @@ def test_matmul_scores_equal_broadcast_reference(name, share):
         assert ours[g].shape == (5, 7)
         assert (ours[g] - naive[g]).abs().max() <= 1e-5, (name, g)
     assert (total - sum(naive.values())).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ON_RESNET)
+def test_kept_target_squares_score_as_computed_ones(name):
+    """A search index keeps model.target_squares of its embeddings (t ⊙ t per grain, attention variants) and hands
+    them to every query's score(): the scores are those computed without them, bit for bit, and the kept squares
+    are what is read (another row's squares change the scores)."""
+    model, _ = small_model(name)
+    reference, text, targets = random_inputs(model)
+    with torch.no_grad():
+        query = model.compose(reference, text)
+        squares = model.target_squares(targets)
+        plain = model.score(query, targets)
+        assert torch.equal(model.score(query, targets, squares), plain)
+        if squares is None:  # dot-product variants: nothing to keep
+            assert not isinstance(model, AttentionRetriever)
+            return
+        assert list(squares) == model.grains
+        for g in model.grains:
+            assert torch.equal(squares[g], targets[g] * targets[g])
+        shifted = {g: x.roll(1, 0) for g, x in squares.items()}
+        assert not torch.allclose(model.score(query, targets, shifted), plain, atol=1e-3)
 
 
 @pytest.mark.parametrize("grains", ["coarse", "mid", "fine", "coarse,fine", "coarse,mid,fine"])
