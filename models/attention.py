@@ -214,45 +214,39 @@ class AttentionRetriever(Retriever):
         references = torch.stack([reference[g] for g in self.grains], 1)
         return AttentionQuery.from_stacks(text, projection, references, self.attentions(text), self.grains, self.parts)
 
-    def stacked_part_scores(self, query: AttentionQuery, targets: Tensor) -> Tensor:
-        """(K, P, Q, G) scores of every grain and part against targets (K, G, d): one batched product."""
+    def stacked_part_scores(self, query: AttentionQuery, targets: Tensor, squares: Tensor | None = None) -> Tensor:
+        """(K, P, Q, G) scores of every grain and part against targets (K, G, d): one batched product.
+        `squares`: target_squares(targets), or None to compute them."""
         with torch.autocast(query.text.device.type, enabled=False):
             u, a = query.scoring_rows()
             k, q, p = len(query.grains), len(query), len(query.parts)
-            return attended_cosine(u, a, full_precision(targets)).view(k, p, q, -1)
+            return attended_cosine(u, a, full_precision(targets), squares).view(k, p, q, -1)
 
-    def grain_scores(self, query: AttentionQuery, targets: Tensor) -> Tensor:
-        parts = self.stacked_part_scores(query, targets)
+    def grain_scores(self, query: AttentionQuery, targets: Tensor, squares: Tensor | None = None) -> Tensor:
+        parts = self.stacked_part_scores(query, targets, squares)
         return parts[:, 0] if parts.shape[1] == 1 else parts.sum(1)
 
-    def part_scores(self, query: AttentionQuery, targets: dict[str, Tensor],
-                    squares: dict[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
+    def target_squares(self, targets: Tensor) -> Tensor:
+        """t ⊙ t (float32) of stacked targets (K, G, d): the energy product's operand, the same for every query."""
+        targets = full_precision(targets)
+        return targets * targets
+
+    def part_scores(self, query: AttentionQuery, targets: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
         """{"modified": grain -> (Q, G), "preserved": grain -> (Q, G)} (the parts the variant has). One
-        product per grain (evaluation-sized galleries are not stacked, and keep pairwise_dot's oneDNN path).
-        `squares`: target_squares(targets), or None to compute them."""
+        product per grain (evaluation-sized galleries are not stacked, and keep pairwise_dot's oneDNN path)."""
         out = {"modified": {}, "preserved": {}}
         q = len(query)
         with torch.autocast(query.text.device.type, enabled=False):
             u, a = query.scoring_rows()
             for k, g in enumerate(self.grains):
-                squared = None if squares is None else squares[g]
-                scores = attended_cosine(u[k], a[k], full_precision(targets[g]), squared)
+                scores = attended_cosine(u[k], a[k], full_precision(targets[g]))
                 for i, part in enumerate(query.parts):
                     out[part][g] = scores[i * q:(i + 1) * q]
         return out
 
-    def target_squares(self, targets: dict[str, Tensor]) -> dict[str, Tensor]:
-        """grain -> t ⊙ t (float32): the energy product's operand, the same for every query."""
-        return {g: full_precision(targets[g]) * full_precision(targets[g]) for g in self.grains if g in targets}
-
-    def score_per_grain(self, query: AttentionQuery, targets: dict[str, Tensor],
-                        squares: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        parts = self.part_scores(query, targets, squares)
+    def score_per_grain(self, query: AttentionQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        parts = self.part_scores(query, targets)
         return {g: sum(parts[p][g] for p in PARTS if g in parts[p]) for g in self.grains}
-
-    def score(self, query: AttentionQuery, targets: dict[str, Tensor],
-              squares: dict[str, Tensor] | None = None) -> Tensor:
-        return sum(self.score_per_grain(query, targets, squares).values())
 
     def score_parts(self, query: AttentionQuery, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         parts = self.part_scores(query, targets)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from config import resolve
 from models import VARIANTS, build_model, map_tensors
 from models.attention import AttentionQuery, AttentionRetriever
+from models.base import stack_grains
 from models.baselines import EmbeddingQuery
 from tests.helpers import ON_RESNET
 
@@ -101,24 +102,25 @@ def test_matmul_scores_equal_broadcast_reference(name, share):
 
 @pytest.mark.parametrize("name", ON_RESNET)
 def test_kept_target_squares_score_as_computed_ones(name):
-    """A search index keeps model.target_squares of its embeddings (t ⊙ t per grain, attention variants) and hands
-    them to every query's score(): the scores are those computed without them, bit for bit, and the kept squares
-    are what is read (another row's squares change the scores)."""
+    """The search server keeps model.target_squares of its stacked index (t ⊙ t, attention variants) and hands
+    them to every query's grain_scores(): the scores are those computed without them, bit for bit, and the kept
+    squares are what is read (another row's squares change the scores). Summed over the grains they are score()'s
+    within float32 rounding."""
     model, _ = small_model(name)
     reference, text, targets = random_inputs(model)
+    stacked = stack_grains(targets, model.grains)
     with torch.no_grad():
         query = model.compose(reference, text)
-        squares = model.target_squares(targets)
-        plain = model.score(query, targets)
-        assert torch.equal(model.score(query, targets, squares), plain)
+        squares = model.target_squares(stacked)
+        plain = model.grain_scores(query, stacked)
+        assert torch.equal(model.grain_scores(query, stacked, squares), plain)
+        assert (plain.sum(0) - model.score(query, targets)).abs().max() <= 1e-6
         if squares is None:  # dot-product variants: nothing to keep
             assert not isinstance(model, AttentionRetriever)
             return
-        assert list(squares) == model.grains
-        for g in model.grains:
-            assert torch.equal(squares[g], targets[g] * targets[g])
-        shifted = {g: x.roll(1, 0) for g, x in squares.items()}
-        assert not torch.allclose(model.score(query, targets, shifted), plain, atol=1e-3)
+        assert torch.equal(squares, stacked * stacked)
+        shifted = squares.roll(1, 1)
+        assert not torch.allclose(model.grain_scores(query, stacked, shifted), plain, atol=1e-3)
 
 
 @pytest.mark.parametrize("grains", ["coarse", "mid", "fine", "coarse,fine", "coarse,mid,fine"])

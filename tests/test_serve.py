@@ -188,25 +188,25 @@ def test_post_upload_equals_retrieve_query_with_exif(client, folder, index_path,
     assert body["results"][0]["path"] == source.name
 
 
-def test_search_reuses_the_kept_squares_and_scores_as_evaluation_does(client, service):
-    """The service keeps t ⊙ t of the index from its start and every query reads that one copy; a query ranks the
-    whole gallery as one block. Its results equal evaluation's path (rank_gallery in small gallery chunks, each
-    squared per block, nothing kept; `retrieve.py query` ranks so too, in blocks of 8192) within float32
-    rounding, in the same order."""
+def test_search_reuses_the_kept_stack_and_scores_as_evaluation_does(client, service):
+    """The service stacks the index's grains and keeps t ⊙ t of them from its start (the index's embeddings are
+    views of the stack: no second copy); every query reads those and ranks the whole index as one block. Its
+    results equal evaluation's path (rank_gallery grain by grain in small chunks, each squared per block, nothing
+    kept; `retrieve.py query` ranks so, in blocks of 8192) within float32 rounding, in the same order."""
     model, index = service.trained.model, service.index
-    squares = index.kept_target_squares(CPU)
-    assert set(squares) == set(model.grains)
-    for g in model.grains:
-        assert torch.equal(squares[g], index.embeddings[g] * index.embeddings[g])
+    stacked, squares = index.kept_stack(CPU)
+    assert torch.equal(squares, stacked * stacked)
+    for k, g in enumerate(model.grains):
+        assert index.embeddings[g].data_ptr() == stacked[k].data_ptr()
     name = service.names[3]
     text = "is red instead of white <and> has shorter sleeves"
     body = client.get("/api/search", params={"ref": name, "text": text, "k": 10}).json()
-    assert index.kept_target_squares(CPU) is squares  # not made again
+    assert index.kept_stack(CPU)[1] is squares  # not made again
     own = index.rows[name]
     query = build_queries(model, service.trained.vocab, {g: x[own:own + 1] for g, x in index.embeddings.items()},
                           [text], CPU)
-    plain = rank_gallery(model, query, index.embeddings, targets=[[]], references=[own], topk=10, query_chunk=1,
-                         gallery_chunk=7)
+    plain = rank_gallery(model, query, dict(index.embeddings), targets=[[]], references=[own], topk=10,
+                         query_chunk=1, gallery_chunk=7)
     assert [r["path"] for r in body["results"]] == [index.paths[i] for i in plain.topk_index[0].tolist()]
     assert [r["score"] for r in body["results"]] == pytest.approx(plain.topk_score[0].tolist(), rel=1e-5, abs=1e-6)
 

@@ -34,7 +34,6 @@ from utils.io import atomic_write, file_sha256
 
 FORMAT, VERSION = "manme-search-index", 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-GALLERY_CHUNK = 8192  # rows squared and scored at a time when a search has no kept squares
 
 
 @dataclass
@@ -63,23 +62,24 @@ class SearchIndex:
         return (f"python retrieve.py index --ckpt {self.checkpoint['path']} --images {self.root} "
                 f"--out {index_path}")
 
-    def gallery(self, device) -> dict[str, torch.Tensor]:
-        """The embeddings on `device`, moved there on the first query and kept (the CPU's are the index's own)."""
-        key = ("gallery", str(device))
-        if key not in self._kept:
-            self._kept[key] = {g: x.to(device) for g, x in self.embeddings.items()}
-        return self._kept[key]
+    def keep_stacked(self, model, device) -> None:
+        """Prepare, once, what every later search reads instead (a server's queries): the model's grains stacked
+        (K, N, d) on `device`, so that one product per part scores all grains (fewer products: on a busy CPU each
+        one waits for its threads), and model.target_squares of the stack (t ⊙ t, squared once, not per query).
+        On the CPU the index's embeddings become views of the stack (no second copy); the squares take as much
+        memory again as the embeddings (N x d x grains float32: 614 MB for 100k images at d = 512, 3 grains).
+        Without it (`retrieve.py query`, one query) a search scores grain by grain in blocks and keeps nothing.
+        An index lacking the model's grains is left alone: search() reports it."""
+        if any(g not in self.embeddings for g in model.grains):
+            return
+        stacked = torch.stack([self.embeddings[g] for g in model.grains]).to(device)
+        if stacked.device.type == "cpu":
+            self.embeddings.update({g: stacked[k] for k, g in enumerate(model.grains)})
+        self._kept[str(device)] = stacked, model.target_squares(stacked)
 
-    def keep_target_squares(self, model, device) -> None:
-        """Make model.target_squares of the gallery (t ⊙ t per grain for the attention variants) once and keep them
-        for every later search, which then reads them instead of squaring the gallery again: what a server
-        does. They take as much memory again as the embeddings (N x d x grains float32: 614 MB for 100k images at
-        d = 512, 3 grains). Without them (`retrieve.py query`: one query) a search squares the gallery block by
-        block and keeps nothing."""
-        self._kept[("squares", str(device))] = model.target_squares(self.gallery(device))
-
-    def kept_target_squares(self, device) -> dict[str, torch.Tensor] | None:
-        return self._kept.get(("squares", str(device)))
+    def kept_stack(self, device) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(stacked embeddings, their squares or None) that keep_stacked made for `device`, or None."""
+        return self._kept.get(str(device))
 
     @cached_property
     def rows(self) -> dict[str, int]:
@@ -239,7 +239,7 @@ def search(model, vocab, index: SearchIndex, image: str | Path, text: str, k: in
     files (same path, or the same file through a link), that row is left out of the ranking."""
     if len(index) == 0:
         raise ValueError("the index holds no image")
-    gallery = index.gallery(device)
+    gallery = {g: x.to(device) for g, x in index.embeddings.items()}
     missing = [g for g in model.grains if g not in gallery]
     if missing:
         raise UserError(f"the index has no {', '.join(missing)} embeddings; rebuild it with this checkpoint")
@@ -258,13 +258,13 @@ def search(model, vocab, index: SearchIndex, image: str | Path, text: str, k: in
             raise ValueError(f"--image: {reference.errors[0][1]}")
         features = reference.features
     query = build_queries(model, vocab, features, [text], device)
-    squares = index.kept_target_squares(device)
-    # with the squares kept, one query's scores over the whole gallery are one block (N floats): one product per
-    # grain and part; without, the gallery is squared block by block, never copied whole
-    chunk = len(index) if squares else GALLERY_CHUNK
+    kept = index.kept_stack(device)
+    # kept (a server): one query's scores over the whole index are one block (N floats), from one product per part
+    # for all grains; else grain by grain in blocks of 8192 rows, squared per block, nothing copied whole
+    ranked, squares, chunk = (kept[0], kept[1], len(index)) if kept else (gallery, None, 8192)
     want = k
     while True:  # rows whose file changed since indexing are left out: rank deeper until k are current
-        result = rank_gallery(model, query, gallery, targets=[[]], references=[own], topk=want, query_chunk=1,
+        result = rank_gallery(model, query, ranked, targets=[[]], references=[own], topk=want, query_chunk=1,
                               gallery_chunk=chunk, squares=squares)
         rows, scores = result.topk_index[0].tolist(), result.topk_score[0].tolist()
         stale = [i for i in rows if index.changed(i)]
