@@ -11,8 +11,9 @@ page sends it; the reference is an indexed, unchanged file, so its row of the in
 ranked.
 
 Printed per index size: p50 / p95 / max over the timed queries (after warm-up), the median time of embedding
-a reference that is not in the index (the CNN on one image: an uploaded one, say) and of composing + ranking,
-timed apart on the first --breakdown queries, and p95 against the goal (150 ms at 100k).
+a reference that is not in the index (the CNN on one image: an uploaded one, say) and of composing + ranking
+(tools.search_index.search for the indexed reference: the query without the web layer), timed apart on the
+first --breakdown queries, and p95 against the goal (150 ms at 100k).
 
 Run: .venv/bin/python benchmarks/bench_serve.py [--sizes 10000 100000] [--queries 40] [--threads 0]
 """
@@ -38,9 +39,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from config import resolve  # noqa: E402
 from data.text import SPECIALS, Vocabulary  # noqa: E402
 from engine.checkpoint import save_checkpoint, vocab_state  # noqa: E402
-from engine.inference import build_queries, embed_images, rank_gallery  # noqa: E402
+from engine.inference import embed_images  # noqa: E402
 from models import build_model  # noqa: E402
-from tools.search_index import SearchIndex, checkpoint_identity, save_index  # noqa: E402
+from tools.search_index import SearchIndex, checkpoint_identity, save_index, search  # noqa: E402
 from tools.web.search import SearchService, create_search_app  # noqa: E402
 
 GOAL_MS = 150.0
@@ -85,11 +86,9 @@ def phases(service: SearchService, ref: Path, text: str) -> tuple[float, float]:
     """Seconds of the reference's embedding and of composing + ranking, measured apart (the query does both)."""
     t, index = service.trained, service.index
     start = time.perf_counter()
-    reference = embed_images(t.model, [ref], index.crop_size, t.device, progress=False, upright=True)
+    embed_images(t.model, [ref], index.crop_size, t.device, progress=False, upright=True)
     middle = time.perf_counter()
-    query = build_queries(t.model, t.vocab, reference.features, [text], t.device)
-    rank_gallery(t.model, query, index.embeddings, targets=[[]], references=[index.position(ref)], topk=10,
-                 query_chunk=1)
+    search(t.model, t.vocab, index, ref, text, 10, t.device, t.amp_dtype)  # an indexed ref: compose + rank
     return middle - start, time.perf_counter() - middle
 
 

@@ -161,15 +161,28 @@ def build_queries(model, vocab: Vocabulary, reference: dict[str, torch.Tensor], 
 
 
 @torch.inference_mode()
-def rank_gallery(model, query: ComposedQuery, gallery: dict[str, torch.Tensor], targets: list[list[int]],
-                 references: list[int], topk: int = 50, query_chunk: int = 1024, gallery_chunk: int = 8192,
-                 progress: bool = False) -> RankResult:
-    """Rank every query against the gallery (grain -> (G, d)) with the model's matmul scoring;
-    engine.ranking states the rules (ties, the excluded reference, several targets). Non-finite scores raise
-    engine.ranking.NonFiniteScores: they are never ranked."""
-    n_gallery = len(next(iter(gallery.values())))
+def rank_gallery(model, query: ComposedQuery, gallery: dict[str, torch.Tensor] | torch.Tensor,
+                 targets: list[list[int]], references: list[int], topk: int = 50, query_chunk: int = 1024,
+                 gallery_chunk: int = 8192, progress: bool = False, squares: torch.Tensor | None = None) -> RankResult:
+    """Rank every query against the gallery with the model's matmul scoring; engine.ranking states the rules
+    (ties, the excluded reference, several targets). Non-finite scores raise engine.ranking.NonFiniteScores: they
+    are never ranked.
+
+    `gallery`: grain -> (G, d), scored grain by grain (model.score: evaluation); or the model's grains stacked
+    (K, G, d), scored together (model.grain_scores: fewer and larger products, the search server's few queries),
+    with `squares` = model.target_squares(gallery) where the caller keeps them. The two agree within float32
+    rounding."""
+    stacked = isinstance(gallery, torch.Tensor)
+    n_gallery = gallery.shape[1] if stacked else len(next(iter(gallery.values())))
+
+    def score(qs: slice, gs: slice) -> torch.Tensor:
+        if stacked:
+            scores = model.grain_scores(query[qs], gallery[:, gs], None if squares is None else squares[:, gs]).sum(0)
+        else:
+            scores = model.score(query[qs], {g: x[gs] for g, x in gallery.items()})
+        return check_finite(scores.float(), "scores")
+
     return rank_queries(
-        lambda qs, gs: check_finite(model.score(query[qs], {g: x[gs] for g, x in gallery.items()}).float(),
-                                    "scores"),
+        score,
         n_queries=len(query), n_gallery=n_gallery, targets=targets, references=references, topk=topk,
         query_chunk=query_chunk, gallery_chunk=gallery_chunk, progress=progress)

@@ -66,10 +66,12 @@ def l2_backward(grad: Tensor, y: Tensor, norm: Tensor) -> Tensor:
     return torch.addcmul(grad, y, along, value=-1.0).div_(norm)
 
 
-def cosine_forward(u: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+def cosine_forward(u: Tensor, a: Tensor, t: Tensor, t_squared: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
     """(scores, inverse norms), each (..., Q, G): <u_i, L2(a_i ⊙ t_j)> = ((u ⊙ a) @ tᵀ) · rsqrt((a ⊙ a) @ (t ⊙ t)ᵀ);
-    and the products (u ⊙ a, a ⊙ a, t ⊙ t), which the backward reads again where they are kept."""
-    products = (u * a, a * a, t * t)
+    and the products (u ⊙ a, a ⊙ a, t ⊙ t), which the backward reads again where they are kept. `t_squared`:
+    t ⊙ t where the caller keeps it (the search server: the same gallery for every query)."""
+    products = (u * a, a * a, t * t if t_squared is None else t_squared)
     inv_norm = batched_pairwise_dot(products[1], products[2]).clamp_(min=EPS).rsqrt_()
     return batched_pairwise_dot(products[0], t).mul_(inv_norm), inv_norm, products
 
@@ -107,21 +109,23 @@ class AttendedCosine(torch.autograd.Function):
     matrices, where autograd would keep u ⊙ a, a ⊙ a, t ⊙ t and every (Q, G) intermediate."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, attention: Tensor, target: Tensor) -> Tensor:
-        scores, inv_norm, _ = cosine_forward(u, attention, target)
+    def forward(ctx, u: Tensor, attention: Tensor, target: Tensor, target_squared: Tensor | None = None) -> Tensor:
+        scores, inv_norm, _ = cosine_forward(u, attention, target, target_squared)
         ctx.save_for_backward(u, attention, target, scores, inv_norm)
         return scores
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        return cosine_backward(grad, *ctx.saved_tensors, ctx.needs_input_grad)
+        return (*cosine_backward(grad, *ctx.saved_tensors, ctx.needs_input_grad[:3]), None)
 
 
-def attended_cosine(u: Tensor, attention: Tensor, target: Tensor) -> Tensor:
+def attended_cosine(u: Tensor, attention: Tensor, target: Tensor, target_squared: Tensor | None = None) -> Tensor:
     """(Q, G) matrix of <u_i, L2(a_i ⊙ t_j)> for u, a (Q, d) and targets t (G, d); batched: (K, Q, G)
-    for u, a (K, Q, d) and t (K, G, d)."""
-    return AttendedCosine.apply(u, attention, target)
+    for u, a (K, Q, d) and t (K, G, d). `target_squared`: t ⊙ t, when the caller keeps it (the search server ranks
+    the same targets for every query; for one query, squaring them costs as much memory traffic as the products),
+    else computed here. It gets no gradient."""
+    return AttendedCosine.apply(u, attention, target, target_squared)
 
 
 class Compose(torch.autograd.Function):
@@ -368,16 +372,22 @@ class AttentionRetriever(Retriever):
         query.stacks = (rows, attentions)
         return query
 
-    def stacked_part_scores(self, query: AttentionQuery, targets: Tensor) -> Tensor:
-        """(K, P, Q, G) scores of every grain and part against targets (K, G, d): one batched product."""
+    def stacked_part_scores(self, query: AttentionQuery, targets: Tensor, squares: Tensor | None = None) -> Tensor:
+        """(K, P, Q, G) scores of every grain and part against targets (K, G, d): one batched product.
+        `squares`: target_squares(targets), or None to compute them."""
         with torch.autocast(query.text.device.type, enabled=False):
             u, a = query.scoring_rows()
             k, q, p = len(query.grains), len(query), len(query.parts)
-            return attended_cosine(u, a, full_precision(targets)).view(k, p, q, -1)
+            return attended_cosine(u, a, full_precision(targets), squares).view(k, p, q, -1)
 
-    def grain_scores(self, query: AttentionQuery, targets: Tensor) -> Tensor:
-        parts = self.stacked_part_scores(query, targets)
+    def grain_scores(self, query: AttentionQuery, targets: Tensor, squares: Tensor | None = None) -> Tensor:
+        parts = self.stacked_part_scores(query, targets, squares)
         return parts[:, 0] if parts.shape[1] == 1 else parts.sum(1)
+
+    def target_squares(self, targets: Tensor) -> Tensor:
+        """t ⊙ t (float32) of stacked targets (K, G, d): the energy product's operand, the same for every query."""
+        targets = full_precision(targets)
+        return targets * targets
 
     def part_scores(self, query: AttentionQuery, targets: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
         """{"modified": grain -> (Q, G), "preserved": grain -> (Q, G)} (the parts the variant has). One

@@ -136,10 +136,17 @@ class Retriever(nn.Module):
         """grain -> (Q, G) scores."""
         raise NotImplementedError
 
-    def grain_scores(self, query: ComposedQuery, targets: Tensor) -> Tensor:
+    def grain_scores(self, query: ComposedQuery, targets: Tensor, squares: Tensor | None = None) -> Tensor:
         """(K, Q, G) scores of every grain (self.grains order) for targets stacked (K, G, d) (stack_grains):
-        what the loss reads. Variants that batch their grains compute it in one go."""
+        what the loss and the search server read. Variants that batch their grains compute it in one go.
+        `squares`: target_squares(targets) (the same rows), kept by a caller that scores one gallery for many
+        queries, or None."""
         return torch.stack(list(self.score_per_grain(query, dict(zip(self.grains, targets.unbind(0)))).values()))
+
+    def target_squares(self, targets: Tensor) -> Tensor | None:
+        """What grain_scores() can reuse across queries for stacked targets (K, G, d) (the attention variants:
+        t ⊙ t); None where the scores need nothing more than the targets (dot products)."""
+        return None
 
     def score(self, query: ComposedQuery, targets: dict[str, Tensor]) -> Tensor:
         """(Q, G) retrieval score S = sum over the model's grains."""

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from config import resolve
 from models import VARIANTS, build_model, map_tensors
-from models.attention import AttentionQuery
+from models.attention import AttentionQuery, AttentionRetriever
+from models.base import stack_grains
 from models.baselines import EmbeddingQuery
 from tests.helpers import ON_RESNET
 
@@ -97,6 +98,29 @@ def test_matmul_scores_equal_broadcast_reference(name, share):
         assert ours[g].shape == (5, 7)
         assert (ours[g] - naive[g]).abs().max() <= 1e-5, (name, g)
     assert (total - sum(naive.values())).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ON_RESNET)
+def test_kept_target_squares_score_as_computed_ones(name):
+    """The search server keeps model.target_squares of its stacked index (t ⊙ t, attention variants) and hands
+    them to every query's grain_scores(): the scores are those computed without them, bit for bit, and the kept
+    squares are what is read (another row's squares change the scores). Summed over the grains they are score()'s
+    within float32 rounding."""
+    model, _ = small_model(name)
+    reference, text, targets = random_inputs(model)
+    stacked = stack_grains(targets, model.grains)
+    with torch.no_grad():
+        query = model.compose(reference, text)
+        squares = model.target_squares(stacked)
+        plain = model.grain_scores(query, stacked)
+        assert torch.equal(model.grain_scores(query, stacked, squares), plain)
+        assert (plain.sum(0) - model.score(query, targets)).abs().max() <= 1e-6
+        if squares is None:  # dot-product variants: nothing to keep
+            assert not isinstance(model, AttentionRetriever)
+            return
+        assert torch.equal(squares, stacked * stacked)
+        shifted = squares.roll(1, 1)
+        assert not torch.allclose(model.grain_scores(query, stacked, shifted), plain, atol=1e-3)
 
 
 @pytest.mark.parametrize("grains", ["coarse", "mid", "fine", "coarse,fine", "coarse,mid,fine"])

@@ -35,7 +35,7 @@ from data.formats import build_vocabulary, open_dataset  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 from engine.checkpoint import save_checkpoint, vocab_state  # noqa: E402
 from engine.evaluation import evaluate_trained  # noqa: E402
-from engine.inference import load_trained  # noqa: E402
+from engine.inference import build_queries, load_trained, rank_gallery  # noqa: E402
 from models import build_model  # noqa: E402
 from tools.search_index import build_index, save_index  # noqa: E402
 from tools.web.evaluation import NOT_IN_TOP, EvalRun, create_eval_app  # noqa: E402
@@ -186,6 +186,29 @@ def test_post_upload_equals_retrieve_query_with_exif(client, folder, index_path,
     assert len(body["upload"]) == 64
     # upright, the photo is the source again: its own file ranks first (it is not the indexed file, so not left out)
     assert body["results"][0]["path"] == source.name
+
+
+def test_search_reuses_the_kept_stack_and_scores_as_evaluation_does(client, service):
+    """The service stacks the index's grains and keeps t ⊙ t of them from its start (the index's embeddings are
+    views of the stack: no second copy); every query reads those and ranks the whole index as one block. Its
+    results equal evaluation's path (rank_gallery grain by grain in small chunks, each squared per block, nothing
+    kept; `retrieve.py query` ranks so, in blocks of 8192) within float32 rounding, in the same order."""
+    model, index = service.trained.model, service.index
+    stacked, squares = index.kept_stack(CPU)
+    assert torch.equal(squares, stacked * stacked)
+    for k, g in enumerate(model.grains):
+        assert index.embeddings[g].data_ptr() == stacked[k].data_ptr()
+    name = service.names[3]
+    text = "is red instead of white <and> has shorter sleeves"
+    body = client.get("/api/search", params={"ref": name, "text": text, "k": 10}).json()
+    assert index.kept_stack(CPU)[1] is squares  # not made again
+    own = index.rows[name]
+    query = build_queries(model, service.trained.vocab, {g: x[own:own + 1] for g, x in index.embeddings.items()},
+                          [text], CPU)
+    plain = rank_gallery(model, query, dict(index.embeddings), targets=[[]], references=[own], topk=10,
+                         query_chunk=1, gallery_chunk=7)
+    assert [r["path"] for r in body["results"]] == [index.paths[i] for i in plain.topk_index[0].tolist()]
+    assert [r["score"] for r in body["results"]] == pytest.approx(plain.topk_score[0].tolist(), rel=1e-5, abs=1e-6)
 
 
 def test_gallery_listing_thumbnails_and_images(client, service, folder):

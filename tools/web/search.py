@@ -54,6 +54,9 @@ class SearchService:
                                     f"pass its new location with --ckpt")
         check_checkpoint(index, ckpt, index_path)
         self.trained = load_trained(ckpt, explicit or {})
+        # the grains stacked and t ⊙ t of them, made once for every query (as much memory again as the embeddings,
+        # for the attention variants): squaring the gallery per query took half of a query's time at 100k images
+        index.keep_stacked(self.trained.model, self.trained.device)
         self.root = Path(index.root)
         self.files = ServedFiles(self.root, {p: self.root / p for p in index.paths})
         self.names = [p for p in index.paths if p in self.files]  # the indexed files the page shows and serves
