@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -336,9 +337,10 @@ class AttentionMLPs(nn.Module):
 
 @dataclass(frozen=True)
 class CompositorBlock:
-    """One granularity's modification and preservation attentions over the text, as callables (or None)."""
-    modification: object
-    preservation: object
+    """One granularity's modification and preservation attentions over the text: text (Q, d) -> (Q, d), or None
+    where the variant lacks the part."""
+    modification: Callable[[Tensor], Tensor] | None
+    preservation: Callable[[Tensor], Tensor] | None
 
 
 class AttentionRetriever(Retriever):
