@@ -156,8 +156,10 @@ class Config:
                                   check=between(*KAPPA, " (tau = exp(kappa) must be a finite, non-zero float32)"))
     alpha: float = opt(0.4, "(ours) Mix of the text embedding and its projection in the mutual-exclusion relevance.",
                        "model", check=between(0, 1))
-    margins: str = opt("0.6,0.4,0.3", "(ours) Mutual-exclusion margins for coarse,mid,fine.", "model")
-    lambda_me: float = opt(1.0, "(ours) Weight of the mutual-exclusion loss (0 disables it).", "model",
+    margins: str = opt("0.3,0.2,0.15", "(ours) Mutual-exclusion margins for coarse,mid,fine; chosen on the dev set "
+                       "(docs/selection.md), MANME.md's are 0.6,0.4,0.3.", "model")
+    lambda_me: float = opt(0.1, "(ours) Weight of the mutual-exclusion loss (0 disables it); chosen on the dev set "
+                           "(docs/selection.md), MANME.md's is 1.", "model",
                            check=between(0, 1000))
     lambda_ov: float = opt(0.0, "(ours) Weight of the optional overlap regulariser.", "model",
                            check=between(0, 1000))
@@ -379,8 +381,8 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 # Model settings added after runs had been saved, with the value a saved config (a checkpoint's, a run's
 # config.json) that lacks the key was trained with, which today's default need not be.
-SAVED_WITHOUT: dict[str, Any] = {"fpn_relu": False, "text_encoder": "gru", "clip_pool": "gem",
-                                 "clip_quickgelu": True, "pad_ratio": 1.25}
+SAVED_WITHOUT: dict[str, Any] = {"fpn_relu": False, "text_encoder": "gru", "clip_pool": "gem", "clip_quickgelu": True,
+                                 "pad_ratio": 1.25, "lambda_me": 1.0, "margins": "0.6,0.4,0.3"}
 
 
 def saved_setting(saved: dict[str, Any], key: str) -> Any:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from config import SAVED_WITHOUT
+from config import SAVED_WITHOUT, Config
 from experiments import select
 from experiments.ablation import parse_variant, plan
 from experiments.select import (
@@ -33,6 +33,14 @@ from utils.errors import UserError, command_status
 
 def setting(**changes):
     return {**BASE, **changes}
+
+
+@pytest.fixture
+def manme_md_defaults(monkeypatch):
+    """config's defaults as they were before the dev selection was applied (MANME.md's values), which the
+    adoption tests start from (adoption compares with today's defaults)."""
+    for name in ("lambda_me", "margins"):
+        monkeypatch.setattr(select.Config, name, BASE[name])
 
 
 # ----------------------------------------------------------------------------- settings
@@ -102,7 +110,7 @@ def test_no_decision_before_every_seed_has_finished():
 
 # ----------------------------------------------------------------------------- what a selection becomes
 
-def test_ours_become_defaults_fixed_become_options_crop_is_protocol():
+def test_ours_become_defaults_fixed_become_options_crop_is_protocol(manme_md_defaults):
     adopt = adoption(setting(lambda_me=0.1, fpn_smooth="depthwise", crop_size=96))
     assert adopt == {"defaults": {"lambda_me": {"from": 1.0, "to": 0.1}},
                      "options": {"fpn_smooth": "depthwise"}, "protocol": {"crop_size": 96}}
@@ -119,23 +127,24 @@ def load_config(path, monkeypatch):
 
 
 def test_apply_rewrites_config_defaults_and_saved_without(tmp_path, monkeypatch):
-    source = (ROOT / "config.py").read_text()
-    changes = {"lambda_me": {"from": 1.0, "to": 0.1}, "margins": {"from": "0.6,0.4,0.3", "to": HALF_MARGINS}}
+    source, today = (ROOT / "config.py").read_text(), Config()
+    changes = {"lambda_me": {"from": today.lambda_me, "to": 0.5}, "alpha": {"from": today.alpha, "to": 0.7}}
     (tmp_path / "config.py").write_text(apply_to_config(source, changes))
     applied = load_config(tmp_path / "config.py", monkeypatch)
-    assert (applied.Config().lambda_me, applied.Config().margins) == (0.1, HALF_MARGINS)
-    assert applied.Config().alpha == 0.4 and applied.Config().lambda_ov == 0.0  # nothing else moved
-    # a config saved before the change, without the keys, keeps what it was trained with; a new one the new values
-    assert applied.SAVED_WITHOUT == {**SAVED_WITHOUT, "lambda_me": 1.0, "margins": "0.6,0.4,0.3"}
+    assert (applied.Config().lambda_me, applied.Config().alpha) == (0.5, 0.7)
+    assert applied.Config().margins == today.margins and applied.Config().lambda_ov == 0.0  # nothing else moved
+    # a config saved without a key keeps what it was trained with: a key already in SAVED_WITHOUT keeps its older
+    # value there (lambda_me: MANME.md's 1, from before the dev selection), a new one gets today's default
+    assert applied.SAVED_WITHOUT == {**SAVED_WITHOUT, "alpha": today.alpha}
     old = applied.resolve({}, base={"model": "manme"})
-    assert (old.lambda_me, old.margins, old.fpn_relu) == (1.0, "0.6,0.4,0.3", False)
-    assert applied.resolve({}).lambda_me == 0.1
+    assert (old.lambda_me, old.alpha) == (SAVED_WITHOUT["lambda_me"], today.alpha)
+    assert applied.resolve({}).lambda_me == 0.5
     assert "--lambda_me LAMBDA_ME" in applied.build_parser("model", "").format_help()
     with pytest.raises(UserError, match="lambda_me"):  # the default is not what the selection started from
-        apply_to_config(source, {"lambda_me": {"from": 0.5, "to": 0.1}})
+        apply_to_config(source, {"lambda_me": {"from": 0.25, "to": 0.1}})
 
 
-def test_apply_prints_and_writes_nothing_without_write(tmp_path, capsys):
+def test_apply_prints_and_writes_nothing_without_write(tmp_path, capsys, manme_md_defaults):
     path = tmp_path / "selection.json"
     path.write_text(json.dumps({"selected": setting(lambda_me=0.1, fpn_relu=True, crop_size=96)}))
     before = (ROOT / "config.py").read_bytes()
@@ -230,7 +239,8 @@ def fake_metrics(mr: float) -> dict:
             "overall": {"R@1": 1.0, "R@5": 2.0, "R@10": mr - 5, "R@50": mr + 5, "mR": mr}}
 
 
-def test_a_search_of_finished_runs_decides_every_stage_without_training(tmp_path, monkeypatch, capsys):
+def test_a_search_of_finished_runs_decides_every_stage_without_training(tmp_path, monkeypatch, capsys,
+                                                                        manme_md_defaults):
     """Every run's results are there: nothing trains, the first stage's winner is where the second starts."""
     stages = (Stage("loss", ({}, {"lambda_me": 0.1})), Stage("fpn", ({}, {"fpn_relu": True})))
     mr = {"manme": [50, 51, 52], "manme:lambda_me=0.1": [55, 56, 58],
