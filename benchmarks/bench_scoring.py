@@ -1,11 +1,11 @@
 """Training-time scoring + losses, forward and backward: matmul form (ours) vs the broadcast form.
 
 Setting: B = 128 queries against their B in-batch targets, d = 512, three granularities,
-manme (both attention parts, mutual exclusion, overlap). The inputs are the compositor's
-outputs (text m, Tr_m, reference r^g, A_mod^g, A_pre^g, targets t^g) as leaf tensors that
-require grad; the timed step is AttentionQuery.build (L2(A_pre ⊙ r) per grain) + RetrievalLoss
-(scores, CE, mutual exclusion, overlap) + backward. The two sides share everything except
-`score_per_grain`: ours is MANME's two-matmul identity, the baseline (written here) is the
+manme (both attention parts, mutual exclusion, overlap). The inputs are the encoders' outputs
+(text m, references r^g, targets t^g) as leaf tensors that require grad, the compositor's weights the
+model's; the timed step is the composition, scores, CE, mutual exclusion and overlap, and their backward.
+Ours is RetrievalLoss's training objective (MANME's two-matmul identity, one autograd function with a
+hand-written backward); the baseline is the same objective op by op (losses.definitions), with the
 ARTEMIS-style broadcast that materialises A_i ⊙ t_j for all B×B pairs.
 
 Time: median wall time per step after warm-up, the two sides interleaved so both see the same
@@ -34,66 +34,59 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import resolve  # noqa: E402
 from losses import RetrievalLoss  # noqa: E402
-from models import build_model  # noqa: E402
-from models.attention import AttentionQuery  # noqa: E402
+from losses.definitions import objective_by_definition  # noqa: E402
+from models import TrainingInputs, build_model  # noqa: E402
 
 GRAINS = ["coarse", "mid", "fine"]
 
 
-def pairwise_attended_cosine(u, a, t):
-    """<u_i, L2(a_i ⊙ t_j)> for all pairs by broadcasting: a (Q, G, d) tensor per step."""
-    return (u[:, None, :] * F.normalize(a[:, None, :] * t[None, :, :], dim=-1)).sum(-1)
-
-
-class BroadcastScorer:
-    """MANME's scores in the broadcast formulation; everything else delegates to the model."""
-
-    def __init__(self, model):
-        self.model, self.log_temperature = model, model.log_temperature
-
-    def score_per_grain(self, query, targets):
-        out = {}
-        for g in self.model.grains:
-            a_mod, a_pre, t = query.modification_attention[g], query.preserve_attention[g], targets[g]
-            out[g] = (pairwise_attended_cosine(query.text_projection, a_mod, t)
-                      + pairwise_attended_cosine(F.normalize(a_pre * query.reference[g], dim=-1), a_pre, t))
-        return out
-
-    def attention_overlap(self, query):
-        return self.model.attention_overlap(query)
-
-
-def make_inputs(b, d, device, seed=0):
+def make_inputs(b, d, device, seed=0) -> TrainingInputs:
+    """Unit-norm text, references and targets (three grains) as leaves that require grad."""
     gen = torch.Generator().manual_seed(seed)
-    def unit():
-        return F.normalize(torch.randn(b, d, generator=gen), dim=-1)
 
-    def attention():
-        return torch.softmax(3 * torch.randn(b, d, generator=gen), dim=-1)
-
-    leaves = {"text": unit(), "projection": unit(),
-              **{f"reference/{g}": unit() for g in GRAINS}, **{f"target/{g}": unit() for g in GRAINS},
-              **{f"mod/{g}": attention() for g in GRAINS}, **{f"pre/{g}": attention() for g in GRAINS}}
-    return {k: v.to(device).requires_grad_(True) for k, v in leaves.items()}
+    def unit(*shape):
+        return F.normalize(torch.randn(*shape, d, generator=gen), dim=-1).to(device).requires_grad_(True)
+    return TrainingInputs(unit(b), unit(len(GRAINS), b), unit(len(GRAINS), b))
 
 
-def step(scorer, loss_fn, x):
-    query = AttentionQuery.build(x["text"], x["projection"], {g: x[f"reference/{g}"] for g in GRAINS},
-                                 {g: x[f"mod/{g}"] for g in GRAINS}, {g: x[f"pre/{g}"] for g in GRAINS})
-    out = loss_fn(scorer, query, {g: x[f"target/{g}"] for g in GRAINS})
-    out.total.backward()
-    return out.total.detach()
+class Matmul:
+    """Ours: RetrievalLoss's training objective (composition, scores and losses in one autograd function)."""
+
+    def __init__(self, model, loss_fn):
+        self.model, self.loss_fn = model, loss_fn
+
+    def __call__(self, x: TrainingInputs) -> Tensor:
+        return self.loss_fn(self.model, x).total
 
 
-def clear_grads(scorer, x):
-    for v in x.values():
+class Broadcast:
+    """The baseline: the same objective op by op with broadcast scores (losses.definitions)."""
+
+    def __init__(self, model, cfg):
+        self.model, self.cfg = model, cfg
+
+    def __call__(self, x: TrainingInputs) -> Tensor:
+        grains = self.model.grains
+        return objective_by_definition(self.model, self.cfg, x.text, x.reference(grains),
+                                       dict(zip(grains, x.targets.unbind(0))))[0]
+
+
+def step(objective, x) -> Tensor:
+    total = objective(x)
+    total.backward()
+    return total.detach()
+
+
+def clear_grads(objective, x):
+    for v in (x.text, x.references, x.targets):
         v.grad = None
-    scorer.log_temperature.grad = None
+    objective.model.zero_grad(set_to_none=True)
 
 
 def sync(device):
@@ -101,47 +94,47 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(scorer, loss_fn, x, device) -> float:
+def timed(objective, x, device) -> float:
     sync(device)
     start = time.perf_counter()
-    step(scorer, loss_fn, x)
+    step(objective, x)
     sync(device)
-    clear_grads(scorer, x)
+    clear_grads(objective, x)
     return time.perf_counter() - start
 
 
-def time_both(ours, naive, loss_fn, x, device, rounds: int, per_round: int) -> tuple[float, float]:
+def time_both(ours, naive, x, device, rounds: int, per_round: int) -> tuple[float, float]:
     """Median step times, interleaved (one broadcast step, then `per_round` matmul steps, per round)
     so that both sides see the same machine load."""
-    for scorer in (ours, naive):  # warm-up
-        timed(scorer, loss_fn, x, device)
+    for objective in (ours, naive):  # warm-up
+        timed(objective, x, device)
     t_ours, t_naive = [], []
     for _ in range(rounds):
-        t_naive.append(timed(naive, loss_fn, x, device))
-        t_ours += [timed(ours, loss_fn, x, device) for _ in range(per_round)]
+        t_naive.append(timed(naive, x, device))
+        t_ours += [timed(ours, x, device) for _ in range(per_round)]
     return statistics.median(t_ours), statistics.median(t_naive)
 
 
-def peak_bytes(scorer, loss_fn, x, device):
+def peak_bytes(objective, x, device):
     """Peak of live tensor bytes allocated during one step (inputs and weights excluded)."""
-    clear_grads(scorer, x)
+    clear_grads(objective, x)
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        step(scorer, loss_fn, x)
+        step(objective, x)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            step(scorer, loss_fn, x)
+            step(objective, x)
         with tempfile.TemporaryDirectory() as tmp:
             trace = os.path.join(tmp, "trace.json")
             prof.export_chrome_trace(trace)
             events = json.load(open(trace))["traceEvents"]
         totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
         peak = max(totals, default=0)
-    clear_grads(scorer, x)
+    clear_grads(objective, x)
     return peak
 
 
@@ -162,18 +155,17 @@ def main():
     cfg = resolve(dict(model="manme", backbone="resnet18", backbone_weights="none", embed_dim=args.dim,
                        grains=",".join(GRAINS)))
     model = build_model(cfg, vocab_size=10).to(device)
-    loss_fn = RetrievalLoss(cfg)
     x = make_inputs(args.batch, args.dim, device)
-    broadcast = BroadcastScorer(model)
+    ours, naive = Matmul(model, RetrievalLoss(cfg)), Broadcast(model, cfg)
 
     # same loss value both ways
-    ours_loss, naive_loss = step(model, loss_fn, x), step(broadcast, loss_fn, x)
-    clear_grads(model, x)
+    ours_loss, naive_loss = step(ours, x), step(naive, x)
+    clear_grads(ours, x)
     assert torch.allclose(ours_loss, naive_loss, atol=1e-4), (ours_loss, naive_loss)
 
-    t_ours, t_naive = time_both(model, broadcast, loss_fn, x, device, args.rounds, per_round=10)
-    m_ours = peak_bytes(model, loss_fn, x, device)
-    m_naive = peak_bytes(broadcast, loss_fn, x, device)
+    t_ours, t_naive = time_both(ours, naive, x, device, args.rounds, per_round=10)
+    m_ours = peak_bytes(ours, x, device)
+    m_naive = peak_bytes(naive, x, device)
 
     print(f"device {device}, threads {torch.get_num_threads()}, B={args.batch}, d={args.dim}, "
           f"grains {','.join(GRAINS)}; "

@@ -72,8 +72,7 @@ def count_ops(model, loss_fn, optimizer, inputs, device, dtype) -> None:
     """One eager step of train.py's (after a first one, which builds AdamW's state) under an OpCounter."""
     def step(counter=None):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            query, targets = model(*inputs)
-            out = loss_fn(model, query, targets)
+            out = loss_fn(model, model(*inputs))
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         with counter.label("optimizer") if counter else contextlib.nullcontext():
@@ -130,8 +129,7 @@ def main() -> None:
 
     def loss_step(reference, target, tokens, lengths):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            query, targets = model(reference, target, tokens, lengths)
-            return loss_fn(model, query, targets)
+            return loss_fn(model, model(reference, target, tokens, lengths))
     # --compile: train.py's compiled step (forward + loss, their backward; CUDA graphs on a GPU)
     step_fn = compile_step(loss_step, device) if args.compile else loss_step
     cudagraphs = args.compile and device.type == "cuda"
@@ -168,7 +166,7 @@ def main() -> None:
     def encoder_step():
         # the whole image encoder (backbone, top-down pathway, GeM, projections), backward as in training
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            total = sum(x.float().mean() for x in model.image_encoder(images).values())
+            total = model.image_encoder(images, stacked=True).mean()
         model.zero_grad(set_to_none=True)
         total.backward()
 

@@ -42,7 +42,7 @@ from engine.checkpoint import (
 from engine.evaluation import EvalResult, evaluate
 from engine.sampler import ResumableSampler
 from losses import LossOutput, RetrievalLoss, name_terms
-from models import build_model, map_tensors
+from models import TrainingInputs, build_model
 from utils.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_with_grad
 from utils.errors import UserError
 from utils.logs import StepLog, log
@@ -240,7 +240,7 @@ class Trainer:
         # frozen towers whose inputs never change (CLIP: no crop, no flip): each training image is embedded
         # once, at its first batch, and read from memory after (CLIP4Cir's large speed-up for the Combiner)
         frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
-        self.image_features: dict[str, dict[str, torch.Tensor]] | None = (
+        self.image_features: dict[str, torch.Tensor] | None = (   # image -> (K, d)
             {} if frozen and not self.train_set.source.style.flip and self.train_set.source.style.pad != "square"
             and not self.dist.enabled and not cfg.compile else None)
         if self.image_features is not None:
@@ -285,25 +285,34 @@ class Trainer:
         """Stage 2 as the ARTEMIS release starts it: stage 1's weights, optimizer state (so its decayed
         learning rate) and best validation score; the epoch count starts again."""
         self.load_weights(checkpoint, source)
-        try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{source}: its optimizer state does not fit this model's parameters ({e}); pass "
-                                  f"--stage2_start best to start stage 2 from its weights with a fresh "
-                                  f"optimizer") from None
+        self.load_optimizer(checkpoint, source, "pass --stage2_start best to start stage 2 from its weights with a "
+                                                "fresh optimizer")
         self.best_score = checkpoint["best_score"]
         log.info(f"stage 2 continues {source}: learning rate {self.optimizer.param_groups[0]['lr']:.3g}, "
                  f"best score so far {self.best_score:.2f}")
 
+    def load_optimizer(self, checkpoint: dict, source: str, way_out: str) -> None:
+        """The optimizer state of `checkpoint`, refused (CheckpointError naming `way_out`) where it does not fit the
+        parameters: another count (torch says so), or another shape per parameter (torch does not check; the step
+        would fail later), e.g. written before the compositor's weights were stacked or reshaped (issue 23)."""
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    saved = self.optimizer.state.get(p, {}).get("exp_avg")
+                    if saved is not None and saved.shape != p.shape:
+                        raise ValueError(f"a state of shape {tuple(saved.shape)} for a parameter of shape "
+                                         f"{tuple(p.shape)}")
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{source}: its optimizer state does not fit this model's parameters ({e}); "
+                                  f"{way_out}") from None
+
     def restore(self, checkpoint: dict, source: str) -> None:
         """Continue exactly where `checkpoint` stopped."""
         self.load_weights(checkpoint, source)
-        try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-        except (ValueError, KeyError) as e:  # e.g. written before the compositor's weights were stacked (issue 23)
-            raise CheckpointError(f"{source}: its optimizer state does not fit this model's parameters ({e}); it was "
-                                  f"written by another version of manme. Its weights still load (evaluate.py, "
-                                  f"retrieve.py); to train, start the run again in a new folder") from None
+        self.load_optimizer(checkpoint, source, "it was written by another version of manme. Its weights still load "
+                                                "(evaluate.py, retrieve.py); to train, start the run again in a new "
+                                                "folder")
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.epoch_step, self.step = checkpoint["epoch"], checkpoint["epoch_step"], checkpoint["step"]
@@ -342,11 +351,10 @@ class Trainer:
     def _loss_step(self, reference, target, tokens, lengths) -> LossOutput:
         """Model forward and loss: what --compile compiles (its backward with it)."""
         with autocast(self.device, self.amp_dtype):
-            query, target = self.forward(reference, target, tokens, lengths)
+            inputs = self.forward(reference, target, tokens, lengths)
             if self.dist.enabled and self.cfg.gather_negatives:
-                query = map_tensors(query, gather_with_grad)
-                target = {g: gather_with_grad(x) for g, x in target.items()}
-            return self.loss_fn(self.model, query, target)
+                inputs = inputs.map_batch(gather_with_grad)
+            return self.loss_fn(self.model, inputs)
 
     @property
     def cudagraphs(self) -> bool:
@@ -364,15 +372,14 @@ class Trainer:
             if new:
                 with torch.no_grad(), autocast(self.device, self.amp_dtype):
                     images = crop_flip_normalize(pixels[new], batch.crops[new, side], self.cfg.crop_size, style)
-                    embedded = self.model.encode_images(images)
+                    embedded = self.model.encode_images(images, stacked=True)          # (K, N, d)
                 for j, n in enumerate(new):
-                    self.image_features[names[n]] = {g: x[j] for g, x in embedded.items()}
-            features.append({g: torch.stack([self.image_features[name][g] for name in names])
-                             for g in self.model.grains})
+                    self.image_features[names[n]] = embedded[:, j]
+            features.append(torch.stack([self.image_features[name] for name in names], 1))   # (K, Q, d)
         reference, target = features
         with autocast(self.device, self.amp_dtype):
-            query = self.model.compose(reference, self.model.encode_texts(batch.tokens, batch.lengths))
-            return self.loss_fn(self.model, query, target)
+            text = self.model.encode_texts(batch.tokens, batch.lengths)
+            return self.loss_fn(self.model, TrainingInputs(text, reference, target))
 
     def optimize(self, out) -> None:
         """Backward and update, or skip the batch when its loss is not finite and --skip_nonfinite asks to."""

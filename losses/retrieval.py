@@ -9,9 +9,10 @@ Every total in `parts` is the sum over grains. The mutual-exclusion and overlap
 terms exist for variants with both attentions (manme, artemis); when their weight
 is 0 they are still computed, as diagnostics.
 
-For the attention compositor's queries, scores and every term are one autograd function (`AttentionObjective`)
+For the attention variants, composition, scores and every term are one autograd function (`CompositionObjective`)
 over the stacked grains and parts, with a hand-written backward: a training step is bound by launches, not
-arithmetic (BENCHMARKS.md). Other variants take the generic path: their grain scores, one cross-entropy.
+arithmetic (BENCHMARKS.md). Other variants take the generic path: their compose(), grain scores, one
+cross-entropy.
 """
 from __future__ import annotations
 
@@ -21,8 +22,16 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from models.attention import AttentionQuery, cosine_backward, cosine_forward, l2_backward, l2_forward
-from models.base import stack_grains
+from models.attention import (
+    Composition,
+    compose_backward,
+    compose_forward,
+    cosine_backward,
+    cosine_forward,
+    l2_backward,
+    l2_forward,
+)
+from models.base import TrainingInputs
 from models.products import full_precision
 
 
@@ -53,82 +62,99 @@ def cross_entropy_per_grain(logits: Tensor) -> Tensor:
     return (logits.logsumexp(-1) - logits.diagonal(dim1=-2, dim2=-1)).mean(-1)
 
 
-class AttentionObjective(torch.autograd.Function):
-    """Scores, cross-entropy, mutual exclusion and overlap of every grain at once, from Compose's stacks:
-    rows u and attentions a (K, P, Q, d), the text m (Q, d), targets t (K, G, d) (the first Q are the positives),
-    the log-temperature kappa and the margins (K, 1). Returns the total, sum_g sim + lambda_me sum_g me +
-    lambda_ov sum_g overlap, and the terms (T, K) (sim; me and overlap with both parts): values to log, without
-    a gradient. Terms of weight 0 are computed in the forward only."""
+class CompositionObjective(torch.autograd.Function):
+    """The attention variants' whole training head as one autograd function: the composition of every grain and
+    part (models.attention.compose_forward), their scores against the targets, the cross-entropy, the mutual
+    exclusion and the overlap, with one hand-written backward (a training step is bound by launches, not
+    arithmetic: BENCHMARKS.md). Inputs: text m (Q, d), references r (K, Q, d), targets t (K, G, d) (the first Q
+    are the positives), compose_forward's weights, the log-temperature kappa and the margins (K, 1). Returns the
+    total, sum_g sim + lambda_me sum_g me + lambda_ov sum_g overlap, and the terms (T, K) (sim; me and overlap
+    with both parts): values to log, without a gradient. Terms of weight 0 are computed in the forward only."""
 
     @staticmethod
-    def forward(ctx, rows: Tensor, attentions: Tensor, text: Tensor, targets: Tensor, log_temperature: Tensor,
-                margins: Tensor, alpha: float, lambda_me: float, lambda_ov: float):
+    def forward(ctx, text: Tensor, references: Tensor, targets: Tensor, projection_weight: Tensor | None,
+                hidden_weight: Tensor, hidden_bias: Tensor, output_weight: Tensor, output_bias: Tensor,
+                log_temperature: Tensor, margins: Tensor, signs: Tensor, weights: Tensor, parts: tuple[str, ...],
+                alpha: float, lambda_me: float, lambda_ov: float):
+        """margins (K, 1, 1); signs (2, 1, 1): (-1, 1), the parts' signs in the hinge; weights (T, 1): each term's
+        weight in the total, (1, lambda_me, lambda_ov), or (1,) without both parts: constants on the device."""
         ctx.set_materialize_grads(False)
-        k, p, q, d = rows.shape
-        u, a = rows.view(k, p * q, d), attentions.view(k, p * q, d)
-        scores, inv_norm, products = cosine_forward(u, a, targets)
-        scores, inv_norm = scores.view(k, p, q, -1), inv_norm.view(k, p, q, -1)
-        grain_scores = scores.sum(1)                                                        # (K, Q, G)
+        c = compose_forward(text, references, projection_weight, hidden_weight, hidden_bias, output_weight,
+                            output_bias, parts)
+        (k, pq, d), q = c.rows.shape, text.shape[0]
+        p = pq // q
+        scores, inv_norm, products = cosine_forward(c.rows, c.attentions, targets)        # (K, P·Q, G)
+        grain_scores = scores.view(k, p, q, -1).sum(1) if p > 1 else scores                 # (K, Q, G)
         scale = log_temperature.exp()
         logits = grain_scores * scale
-        log_normaliser = logits.logsumexp(-1, keepdim=True)                                 # (K, Q, 1)
-        sim = (log_normaliser.squeeze(-1) - logits.diagonal(dim1=-2, dim2=-1)).mean(-1)
-        total, terms = sim.sum(), [sim]
-        attended = attended_norm = relevance = relevance_norm = hinge = None
+        terms = [(logits.logsumexp(-1) - logits.diagonal(dim1=-2, dim2=-1)).mean(-1)]        # sim
+        attentions = positives = attended = attended_norm = relevance = relevance_norm = rel = hinge = None
         if p == 2:
-            relevance, relevance_norm = l2_forward(torch.lerp(rows[0, 0], text, alpha))     # m̂ (Q, d)
-            attended, attended_norm = l2_forward(attentions * targets[:, None, :q])   # L2(a ⊙ t_i) (K, 2, Q, d)
-            rel = (attended * relevance).sum(-1)                                              # (K, 2, Q)
-            hinge = torch.add(rel[:, 1] - rel[:, 0], margins).relu_()                          # margins (K, 1)
-            overlap = torch.minimum(attentions[:, 0], attentions[:, 1]).sum(-1).mean(-1)
-            terms += [hinge.mean(-1), overlap]
-            if lambda_me:
-                total = total + lambda_me * terms[1].sum()
-            if lambda_ov:
-                total = total + lambda_ov * overlap.sum()
+            attentions, positives = c.attentions.view(k, p, q, d), targets[:, None, :q]     # (K, 2, Q, d), (K, 1, Q, d)
+            relevance, relevance_norm = l2_forward(torch.lerp(c.rows[0, :q], text, alpha))   # m̂ (Q, d)
+            attended, attended_norm = l2_forward(attentions * positives)                # L2(a ⊙ t_i) (K, 2, Q, d)
+            rel = (attended * relevance).sum(-1, keepdim=True)                                # (K, 2, Q, 1)
+            hinge = (rel * signs).sum(1).add_(margins).relu_()           # rel_pre - rel_mod + margin (K, Q, 1)
+            overlap = attentions.amin(1).sum(-1).mean(-1)
+            terms += [hinge.mean((1, 2)), overlap]
         terms = torch.stack(terms)
+        total = (terms * weights).sum()
         ctx.mark_non_differentiable(terms)
-        ctx.constants = (alpha, lambda_me, lambda_ov)
-        ctx.save_for_backward(u, a, attentions, text, targets, scores, inv_norm, grain_scores, logits, log_normaliser,
-                              scale, attended, attended_norm, relevance, relevance_norm, hinge, *products)
+        ctx.constants = (parts, alpha, lambda_me, lambda_ov)
+        ctx.save_for_backward(text, references, targets, projection_weight, hidden_weight, output_weight, scores,
+                              inv_norm, grain_scores, logits, scale, attentions, positives, attended, attended_norm,
+                              relevance, relevance_norm, rel, hinge, signs, *products, *c.tensors())
         return total, terms
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total: Tensor | None, grad_terms: None):
         if grad_total is None:
-            return (None,) * 9
-        (u, a, attentions, text, targets, scores, inv_norm, grain_scores, logits, log_normaliser, scale,
-         attended, attended_norm, relevance, relevance_norm, hinge, *products) = ctx.saved_tensors
-        alpha, lambda_me, lambda_ov = ctx.constants
-        k, p, q, d = attentions.shape
+            return (None,) * 16
+        (text, references, targets, projection_weight, hidden_weight, output_weight, scores, inv_norm, grain_scores,
+         logits, scale, attentions, positives, attended, attended_norm, relevance, relevance_norm, rel, hinge, signs,
+         *saved) = ctx.saved_tensors
+        products, c = saved[:3], Composition(*saved[3:])
+        parts, alpha, lambda_me, lambda_ov = ctx.constants
+        (k, pq, d), q = c.rows.shape, text.shape[0]
+        p = pq // q
+        per_query = grad_total / q                                                # every term is a mean over Q
         # cross-entropy: d/dlogits = (softmax - I) / Q per grain; the temperature's gradient reads it before the
         # scale that makes it the scores' gradient
-        grad_logits = logits.sub(log_normaliser).exp_()
-        grad_logits.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-        grad_scores = grad_logits.mul_(grad_total * scale / q)                              # d/d(grain scores)
-        grad_log_temperature = torch.dot(grad_scores.view(-1), grain_scores.view(-1))
-        grad_u, grad_a, grad_t = cosine_backward(grad_scores.unsqueeze(1), u, a, targets, scores, inv_norm,
-                                                 (True, True, True), products)            # both parts
-        grad_rows, grad_attentions, grad_text = grad_u.view(k, p, q, d), grad_a.view(k, p, q, d), None
+        grad_scores = logits.softmax(-1)
+        grad_scores.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+        grad_scores.mul_(per_query * scale)                                                 # d/d(grain scores)
+        grad_log_temperature = (grad_scores * grain_scores).sum()
+        grad_rows, grad_attentions, grad_t = cosine_backward(
+            grad_scores.repeat(1, p, 1) if p > 1 else grad_scores, c.rows, c.attentions, targets, scores, inv_norm,
+            (True, True, True), products)                                                   # every part's rows
+        grad_mixed = None
+        if p == 2:
+            grad_attentions_parts = grad_attentions.view(k, p, q, d)
         if p == 2 and lambda_me:
-            # hinge: d/drel_pre = +1, d/drel_mod = -1 per active query, / Q; rel = <m̂, n̂>, n̂ = L2(a ⊙ t)
-            w = (hinge > 0) * (grad_total * (lambda_me / q))                                 # (K, Q)
-            grad_rel = torch.stack((-w, w), 1).unsqueeze(-1)                                  # (K, 2, Q, 1)
-            grad_product = l2_backward(grad_rel * relevance, attended, attended_norm)        # d/d(a ⊙ t)
-            grad_attentions.addcmul_(grad_product, targets[:, None, :q])
-            grad_t[:, :q].add_((grad_product * attentions).sum(1))
-            grad_mixed = l2_backward((grad_rel * attended).sum((0, 1)), relevance, relevance_norm)
-            grad_text = grad_mixed * alpha
-            grad_rows[0, 0].add_(grad_mixed, alpha=1.0 - alpha)
+            # hinge: d/drel_p = sign_p per active query, / Q; rel = <m̂, n̂>, n̂ = L2(a ⊙ t_i). The L2s' backward
+            # (g - y <g, y>) / ||x|| reads <g, y> from rel: <grad_rel m̂, n̂> = grad_rel rel, summed for m̂
+            w = (hinge > 0) * (per_query * lambda_me)                                         # (K, Q, 1)
+            grad_rel = w.unsqueeze(1) * signs                                                 # (K, 2, Q, 1)
+            along = grad_rel * rel
+            grad_product = l2_backward(grad_rel * relevance, attended, attended_norm, along)  # d/d(a ⊙ t_i)
+            grad_attentions_parts.addcmul_(grad_product, positives)
+            grad_positives = grad_t if grad_t.shape[1] == q else grad_t[:, :q]
+            grad_positives.add_((grad_product * attentions).sum(1))
+            grad_mixed = l2_backward((grad_rel * attended).sum((0, 1)), relevance, relevance_norm, along.sum((0, 1)))
+            grad_rows[0, :q].add_(grad_mixed, alpha=1.0 - alpha)
         if p == 2 and lambda_ov:
-            # torch.minimum's gradient: to the smaller attention, halved on ties
+            # the minimum's gradient: to the smaller attention, halved on ties (torch.minimum's)
             modified, preserved = attentions[:, 0], attentions[:, 1]
-            w = grad_total * (lambda_ov / q)
+            w = per_query * lambda_ov
             tie = (modified == preserved) * 0.5
-            grad_attentions[:, 0].addcmul_((modified < preserved) + tie, w)
-            grad_attentions[:, 1].addcmul_((preserved < modified) + tie, w)
-        return grad_rows, grad_attentions, grad_text, grad_t, grad_log_temperature, None, None, None, None
+            grad_attentions_parts[:, 0].addcmul_((modified < preserved) + tie, w)
+            grad_attentions_parts[:, 1].addcmul_((preserved < modified) + tie, w)
+        grad_text, grad_references, *grad_weights = compose_backward(
+            c, grad_rows, grad_attentions, text, references, projection_weight, hidden_weight, output_weight, parts)
+        if grad_mixed is not None:
+            grad_text.add_(grad_mixed, alpha=alpha)
+        return (grad_text, grad_references, grad_t, *grad_weights, grad_log_temperature, *(None,) * 7)
 
 
 class RetrievalLoss(nn.Module):
@@ -136,35 +162,41 @@ class RetrievalLoss(nn.Module):
         super().__init__()
         self.alpha, self.margins = cfg.alpha, cfg.margin_list
         self.lambda_me, self.lambda_ov = cfg.lambda_me, cfg.lambda_ov
-        self._margin_tensors: dict = {}
+        self._constants: dict = {}
 
-    def margin_tensor(self, grains, device) -> Tensor:
-        """(K, 1) the margins of `grains`, made once per grain set and device (no copy to the device per step)."""
-        key = (tuple(grains), str(device))
-        if key not in self._margin_tensors:
-            self._margin_tensors[key] = torch.tensor([[self.margins[g]] for g in grains], device=device)
-        return self._margin_tensors[key]
+    def constant(self, values: list, device) -> Tensor:
+        """`values` as a tensor on `device`, made once (no copy to the device per step)."""
+        key = (repr(values), str(device))
+        if key not in self._constants:
+            self._constants[key] = torch.tensor(values, device=device)
+        return self._constants[key]
 
-    def forward(self, model, query, targets: dict[str, Tensor]) -> LossOutput:
+    def forward(self, model, inputs: TrainingInputs) -> LossOutput:
+        """The objective of one step's embeddings (Retriever.forward's): the attention variants compose inside
+        CompositionObjective; the others compose with their own compose() and take one cross-entropy per grain."""
         model = getattr(model, "module", model)       # DDP / compile wrappers
         model = getattr(model, "_orig_mod", model)
-        if isinstance(query, AttentionQuery):
-            return self.attention_objective(model, query, targets)
-        if hasattr(model, "grain_scores"):
-            grains = list(model.grains)
-            scores = model.grain_scores(query, stack_grains(targets, grains))              # (K, Q, G)
-        else:  # anything with score_per_grain (benchmarks' reference scorers)
-            per_grain = model.score_per_grain(query, targets)
-            grains, scores = list(per_grain), torch.stack(list(per_grain.values()))
+        grains = tuple(model.grains)
+        if hasattr(model, "compositor_weights"):
+            with torch.autocast(inputs.text.device.type, enabled=False):
+                device = inputs.text.device
+                margins = self.constant([[[self.margins[g]]] for g in grains], device)             # (K, 1, 1)
+                weights = self.constant([[1.0], [self.lambda_me], [self.lambda_ov]][:3 if len(model.parts) == 2 else 1],
+                                        device)                                                         # (T, 1)
+                total, terms = CompositionObjective.apply(
+                    full_precision(inputs.text), full_precision(inputs.references), full_precision(inputs.targets),
+                    *model.compositor_weights(), full_precision(model.log_temperature), margins,
+                    self.constant([[[-1.0]], [[1.0]]], device), weights, model.parts, self.alpha, self.lambda_me,
+                    self.lambda_ov)
+            return LossOutput(total, terms, ("sim", "me", "overlap")[:len(terms)], grains)
+        query = model.compose(inputs.reference(grains), inputs.text)
+        return self.query_loss(model, query, inputs.targets)
+
+    def query_loss(self, model, query, targets: Tensor) -> LossOutput:
+        """The cross-entropy of composed queries against targets (K, G, d): every variant's sim term (the
+        attention variants' mutual exclusion and overlap need their composition: forward())."""
+        grains = tuple(model.grains)
+        scores = model.grain_scores(query, targets)                                          # (K, Q, G)
         scale = full_precision(model.log_temperature).exp()
         sim = cross_entropy_per_grain(scale * scores)
-        return LossOutput(sim.sum(), sim.unsqueeze(0), ("sim",), tuple(grains))
-
-    def attention_objective(self, model, query: AttentionQuery, targets: dict[str, Tensor]) -> LossOutput:
-        grains = query.grains
-        with torch.autocast(query.text.device.type, enabled=False):
-            total, terms = AttentionObjective.apply(
-                *query.stacked(), query.text, full_precision(stack_grains(targets, grains)),
-                full_precision(model.log_temperature), self.margin_tensor(grains, query.text.device), self.alpha,
-                self.lambda_me, self.lambda_ov)
-        return LossOutput(total, terms, ("sim", "me", "overlap")[:len(terms)], grains)
+        return LossOutput(sim.sum(), sim.unsqueeze(0), ("sim",), grains)

@@ -24,7 +24,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +61,11 @@ def l2_forward(x: Tensor) -> tuple[Tensor, Tensor]:
     return x / norm, norm
 
 
-def l2_backward(grad: Tensor, y: Tensor, norm: Tensor) -> Tensor:
-    """d/dx of y = l2(x): (g - y <g, y>) / ||x||, or g / EPS where the norm was clamped (a constant there)."""
-    along = (grad * y).sum(-1, keepdim=True).masked_fill_(norm <= EPS, 0.0)
+def l2_backward(grad: Tensor, y: Tensor, norm: Tensor, along: Tensor | None = None) -> Tensor:
+    """d/dx of y = l2(x): (g - y <g, y>) / ||x||, or g / EPS where the norm was clamped (a constant there).
+    `along`: <g, y> (keepdim), where the caller has it."""
+    along = (grad * y).sum(-1, keepdim=True) if along is None else along
+    along = along.masked_fill(norm <= EPS, 0.0)
     return torch.addcmul(grad, y, along, value=-1.0).div_(norm)
 
 
@@ -81,24 +83,21 @@ def cosine_backward(grad: Tensor, u: Tensor, a: Tensor, t: Tensor, scores: Tenso
                     needs: tuple[bool, bool, bool], products: tuple[Tensor, Tensor, Tensor] | None = None
                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The gradients of cosine_forward's scores for u, a, t (those `needs` asks for), from two (Q, G) matrices
-    (and the forward's products, or they are formed again). grad, scores and inv_norm may come as (K, P, Q, G) for
-    u, a (K, P·Q, d) (a grad broadcast over the parts)."""
+    (and the forward's products, or they are formed again)."""
     grad_numerator = grad * inv_norm                             # d/d((u ⊙ a) tᵀ)
-    grad_energy = grad_numerator * scores * inv_norm * -0.5       # d/d((a ⊙ a)(t ⊙ t)ᵀ) = -s / (2 E)
+    # -2 d/dE for the energies E = (a ⊙ a)(t ⊙ t)ᵀ (ds/dE = -s / (2E)); the -1/2 goes into the products' value=
+    grad_energy = (grad_numerator * scores).mul_(inv_norm)
     grad_energy.masked_fill_(inv_norm >= EPS ** -0.5, 0.0)       # clamped entries
-    if grad_numerator.dim() != u.dim():
-        shape = (*u.shape[:-1], t.shape[-2])
-        grad_numerator, grad_energy = grad_numerator.view(shape), grad_energy.view(shape)
     grad_u = grad_a = grad_t = None
     if needs[0] or needs[1]:
         grad_factor = product(grad_numerator, t)                        # d/d(u ⊙ a)
         grad_u = grad_factor * a if needs[0] else None
         if needs[1]:
             t_squared = t * t if products is None else products[2]
-            grad_a = torch.addcmul(grad_factor * u, a, product(grad_energy, t_squared), value=2.0)
+            grad_a = torch.addcmul(grad_factor * u, a, product(grad_energy, t_squared), value=-1.0)  # 2 a (-E/2)
     if needs[2]:
         u_a, a_squared = (u * a, a * a) if products is None else products[:2]
-        grad_t = torch.addcmul(product(grad_numerator.mT, u_a), t, product(grad_energy.mT, a_squared), value=2.0)
+        grad_t = torch.addcmul(product(grad_numerator.mT, u_a), t, product(grad_energy.mT, a_squared), value=-1.0)
     return grad_u, grad_a, grad_t
 
 
@@ -129,75 +128,108 @@ def attended_cosine(u: Tensor, attention: Tensor, target: Tensor, target_squared
     return AttendedCosine.apply(u, attention, target, target_squared)
 
 
-class Compose(torch.autograd.Function):
+@dataclass
+class Composition:
+    """What compose_forward computes and compose_backward reads. Rows and attentions are (K, P·Q, d): the parts
+    of a grain stacked as rows (rows p·Q .. p·Q + Q - 1 are part p), the layout of the scores' batched product."""
+    rows: Tensor              # what each part scores with: Tr_m = L2(W m) (every grain), L2(A_pre ⊙ r)
+    attentions: Tensor        # A^{g,p}
+    hidden: Tensor            # (n, Q, d) the MLPs' hidden layers, n = blocks · parts
+    softmax: Tensor           # (n, Q, d) the attentions of every block (fewer than K·P with one shared block)
+    norms: Tensor             # (K, P·Q, 1) the rows' norms before L2
+    texts: Tensor             # (n, Q, d) the text, broadcast to every block and part (a view)
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The fields in order (for save_for_backward; Composition(*saved) rebuilds it)."""
+        return self.rows, self.attentions, self.hidden, self.softmax, self.norms, self.texts
+
+
+def compose_forward(text: Tensor, references: Tensor, projection_weight: Tensor | None, hidden_weight: Tensor,
+                    hidden_bias: Tensor, output_weight: Tensor, output_bias: Tensor, parts: tuple[str, ...]
+                    ) -> Composition:
     """Every grain's and part's composition at once (MANME.md §2), for text m (Q, d) and references r (K, Q, d):
         A^{b,p} = softmax(W2^{b,p} relu(W1^{b,p} m + b1^{b,p}) + b2^{b,p})   every block b and part p
         Tr_m = L2(W m)   (modified part),   L2(A_pre^g ⊙ r^g)   (preserved part, every grain g)
-    Returns (rows, attentions), each (K, P, Q, d): rows are what each part scores with (Tr_m, the same for every
-    grain; L2(A_pre ⊙ r)), attentions the A^{g,p} (a block per grain, or one shared by all).
+    The layers' weights are (n, d, d) and biases (n, 1, d), n = blocks · parts. A dozen batched operations: two
+    baddbmm, one L2 for the rows of every grain and part (Tr_m is normalised once per grain: Q×d work, one launch
+    fewer)."""
+    n, d = output_weight.shape[:2]
+    q, k, p = text.shape[0], references.shape[0], len(parts)
+    texts = text.expand(n, q, d)
+    hidden = torch.baddbmm(hidden_bias, texts, hidden_weight.mT).relu_()                          # (n, Q, d)
+    softmax = torch.baddbmm(output_bias, hidden, output_weight.mT).softmax(-1)
+    attentions = softmax.view(n // p, p * q, d)
+    if n // p < k:                          # one shared block: every grain reads it
+        attentions = attentions.expand(k, p * q, d).contiguous()
+    raw = []
+    if parts[0] == "modified":
+        raw.append(torch.mm(text, projection_weight.t()).expand(k, q, d))
+    if parts[-1] == "preserved":
+        raw.append(attentions[:, -q:] * references)
+    rows, norms = l2_forward(torch.cat(raw, 1) if len(raw) > 1 else raw[0])
+    return Composition(rows, attentions, hidden, softmax, norms, texts)
 
-    Forward and backward are a dozen batched operations each (the backward by hand); autograd would record the
-    two normalisations, the softmax and the MLP op by op."""
+
+def compose_backward(c: Composition, grad_rows: Tensor | None, grad_attentions: Tensor | None, text: Tensor,
+                     references: Tensor, projection_weight: Tensor | None, hidden_weight: Tensor,
+                     output_weight: Tensor, parts: tuple[str, ...]) -> tuple:
+    """The gradients of compose_forward's inputs (text, references, projection, hidden weight and bias, output
+    weight and bias) from those of its rows and attentions (K, P·Q, d; either None). `grad_attentions`, where
+    given, is written in place."""
+    (n, q, d), k, p = c.softmax.shape, references.shape[0], len(parts)
+    grad_references = grad_projection_weight = grad_projection = None
+    if grad_attentions is None:
+        grad_attentions = references.new_zeros(k, p * q, d)
+    if grad_rows is not None:
+        grad_raw = l2_backward(grad_rows, c.rows, c.norms)                                # (K, P·Q, d)
+        if parts[-1] == "preserved":
+            grad_preserved = grad_raw[:, -q:]
+            grad_references = grad_preserved * c.attentions[:, -q:]
+            grad_attentions[:, -q:].addcmul_(grad_preserved, references)
+        if parts[0] == "modified":
+            grad_projection = (grad_raw[:, :q] if p > 1 else grad_raw).sum(0)               # (Q, d)
+            grad_projection_weight = torch.mm(grad_projection.t(), text)
+    if n // p < k:
+        grad_attentions = grad_attentions.sum(0)
+    grad_logits = torch._softmax_backward_data(grad_attentions.view(n, q, d), c.softmax, -1, c.softmax.dtype)
+    grad_output_weight, grad_output_bias = torch.bmm(grad_logits.mT, c.hidden), grad_logits.sum(1, keepdim=True)
+    grad_hidden = torch.ops.aten.threshold_backward(torch.bmm(grad_logits, output_weight), c.hidden, 0)
+    grad_hidden_weight = torch.bmm(grad_hidden.mT, c.texts)
+    grad_hidden_bias = grad_hidden.sum(1, keepdim=True)
+    grad_text = torch.bmm(grad_hidden, hidden_weight).sum(0)
+    if grad_projection is not None:
+        grad_text = torch.addmm(grad_text, grad_projection, projection_weight)
+    return (grad_text, grad_references, grad_projection_weight, grad_hidden_weight, grad_hidden_bias,
+            grad_output_weight, grad_output_bias)
+
+
+class Compose(torch.autograd.Function):
+    """compose_forward as an autograd function with compose_backward: returns (rows, attentions), each
+    (K, P·Q, d). (Training runs the composition inside the objective's function, losses.retrieval.)"""
 
     @staticmethod
     def forward(ctx, text: Tensor, references: Tensor, projection_weight: Tensor | None, hidden_weight: Tensor,
                 hidden_bias: Tensor, output_weight: Tensor, output_bias: Tensor, parts: tuple[str, ...]):
-        """hidden_weight (n·d, d) and hidden_bias (n·d,): the n = blocks · parts first layers side by side;
-        output_weight (n, d, d), output_bias (n, d)."""
         ctx.set_materialize_grads(False)
-        n, d = output_weight.shape[:2]
-        q, k, p = text.shape[0], references.shape[0], len(parts)
-        hidden = torch.addmm(hidden_bias, text, hidden_weight.t()).relu_()
-        hidden = hidden.view(q, n, d).transpose(0, 1)                                          # (n, Q, d)
-        attention = torch.baddbmm(output_bias.unsqueeze(1), hidden, output_weight.mT).softmax(-1)
-        grains = attention.view(n // p, p, q, d)
-        if n // p < k:                          # one shared block: every grain reads it
-            grains = grains.expand(k, p, q, d).contiguous()
-        rows, projection, projection_norm, preserved, preserved_norm = [], None, None, None, None
-        if parts[0] == "modified":
-            projection, projection_norm = l2_forward(torch.mm(text, projection_weight.t()))
-            rows.append(projection.expand(k, q, d))
-        if parts[-1] == "preserved":
-            preserved, preserved_norm = l2_forward(grains[:, -1] * references)
-            rows.append(preserved)
+        c = compose_forward(text, references, projection_weight, hidden_weight, hidden_bias, output_weight,
+                            output_bias, parts)
         ctx.parts = parts
-        ctx.save_for_backward(text, references, projection_weight, hidden_weight, output_weight, hidden, attention,
-                              projection, projection_norm, preserved, preserved_norm)
-        return torch.stack(rows, 1), grains
+        ctx.save_for_backward(text, references, projection_weight, hidden_weight, output_weight, *c.tensors())
+        return c.rows, c.attentions
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_rows: Tensor | None, grad_attention: Tensor | None):
-        (text, references, projection_weight, hidden_weight, output_weight, hidden, attention,
-         projection, projection_norm, preserved, preserved_norm) = ctx.saved_tensors
-        parts, (n, q, d) = ctx.parts, attention.shape
-        k, p = references.shape[0], len(parts)
-        grad_references = grad_projection_weight = None
-        grad_grains = references.new_zeros(k, p, q, d) if grad_attention is None else grad_attention.clone()
-        if grad_rows is not None and preserved is not None:
-            grad_preserved = l2_backward(grad_rows[:, -1], preserved, preserved_norm)     # (K, Q, d)
-            grad_references = grad_preserved * attention.view(n // p, p, q, d)[:, -1]
-            grad_grains[:, -1].addcmul_(grad_preserved, references)
-        if n // p < k:
-            grad_grains = grad_grains.sum(0)
-        grad_logits = torch._softmax_backward_data(grad_grains.view(n, q, d), attention, -1, attention.dtype)
-        grad_output_weight, grad_output_bias = torch.bmm(grad_logits.mT, hidden), grad_logits.sum(1)
-        grad_hidden = torch.ops.aten.threshold_backward(torch.bmm(grad_logits, output_weight), hidden, 0)
-        grad_hidden = grad_hidden.transpose(0, 1).reshape(q, n * d)
-        grad_hidden_weight, grad_hidden_bias = torch.mm(grad_hidden.t(), text), grad_hidden.sum(0)
-        grad_text = torch.mm(grad_hidden, hidden_weight)
-        if grad_rows is not None and projection is not None:
-            grad_projection = l2_backward(grad_rows[:, 0].sum(0), projection, projection_norm)
-            grad_projection_weight = torch.mm(grad_projection.t(), text)
-            grad_text = torch.addmm(grad_text, grad_projection, projection_weight)
-        return (grad_text, grad_references, grad_projection_weight, grad_hidden_weight, grad_hidden_bias,
-                grad_output_weight, grad_output_bias, None)
+    def backward(ctx, grad_rows: Tensor | None, grad_attentions: Tensor | None):
+        grad_attentions = None if grad_attentions is None else grad_attentions.clone()   # written in place
+        text, references, projection_weight, hidden_weight, output_weight, *saved = ctx.saved_tensors
+        return (*compose_backward(Composition(*saved), grad_rows, grad_attentions, text, references, projection_weight,
+                                  hidden_weight, output_weight, ctx.parts), None)
 
 
 @dataclass
 class AttentionQuery(ComposedQuery):
     """Every grain and part stacked, the query count first (slicing, `.to()` and gathering stay generic); Compose
-    makes `attentions` and `rows` as views of (K, P, Q, d) stacks, which scoring reads without a copy.
+    makes `attentions` and `rows` as views of (K, P·Q, d) stacks, which scoring reads without a copy.
     The per-grain dicts of earlier versions are views of the stacks (properties below)."""
     text: Tensor                      # m (Q, d)
     references: Tensor                # r (Q, K, d), K grains
@@ -205,15 +237,6 @@ class AttentionQuery(ComposedQuery):
     rows: Tensor                      # (Q, K, P, d): what each part scores with: Tr_m = L2(W m), L2(A_pre ⊙ r)
     grains: tuple[str, ...]
     parts: tuple[str, ...]            # PARTS the variant has, in that order
-    # Compose's (rows, attentions), each (K, P, Q, d) contiguous: what the training objective reads without a
-    # copy. Not a field of slicing, `.to()` or gathering: their queries have None and stack again.
-    stacks: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
-
-    def stacked(self) -> tuple[Tensor, Tensor]:
-        """(rows, attentions), each (K, P, Q, d) contiguous."""
-        if self.stacks is not None:
-            return self.stacks
-        return self.rows.permute(1, 2, 0, 3).contiguous(), self.attentions.permute(1, 2, 0, 3).contiguous()
 
     @property
     def text_projection(self) -> Tensor | None:
@@ -269,9 +292,9 @@ def linear_init_(weight: Tensor, bias: Tensor) -> None:
 
 class AttentionMLPs(nn.Module):
     """The attention MLPs of every block (a grain, or "shared") and part: Linear(d, d) -> ReLU -> Linear(d, d) ->
-    softmax over the d channels, as stacked weights (the first layers (n·d, d) side by side, the second (n, d, d);
-    n = blocks · parts), so
-    that Compose runs them all in one addmm and one baddbmm and the optimizer updates four tensors.
+    softmax over the d channels, as stacked weights (each layer's weights (n, d, d) and biases (n, 1, d);
+    n = blocks · parts), so that compose_forward runs them all in two baddbmm and the optimizer updates four
+    tensors.
 
     Checkpoints keep the per-block names of the earlier nn.Sequential layout (`<block>.modification.0.weight`,
     `.0.bias`, `.2.weight`, `.2.bias`, and `preservation`): _save_to_state_dict and _load_from_state_dict
@@ -287,8 +310,8 @@ class AttentionMLPs(nn.Module):
         self.block_names, self.parts = list(blocks), tuple(parts)
         n = len(self.block_names) * len(self.parts)
         self.d = d
-        self.hidden_weight, self.output_weight = nn.Parameter(torch.empty(n * d, d)), nn.Parameter(torch.empty(n, d, d))
-        self.hidden_bias, self.output_bias = nn.Parameter(torch.empty(n * d)), nn.Parameter(torch.empty(n, d))
+        self.hidden_weight, self.output_weight = nn.Parameter(torch.empty(n, d, d)), nn.Parameter(torch.empty(n, d, d))
+        self.hidden_bias, self.output_bias = nn.Parameter(torch.empty(n, 1, d)), nn.Parameter(torch.empty(n, 1, d))
         with torch.no_grad():
             for i in range(n):
                 linear_init_(self.row("hidden_weight", i), self.row("hidden_bias", i))
@@ -296,8 +319,8 @@ class AttentionMLPs(nn.Module):
 
     def row(self, name: str, i: int) -> Tensor:
         """Block-and-part i's slice of a stacked parameter: (d, d) weights, (d,) biases."""
-        value = getattr(self, name)
-        return value[i * self.d:(i + 1) * self.d] if name.startswith("hidden") else value[i]
+        value = getattr(self, name)[i]
+        return value[0] if name.endswith("bias") else value
 
     def index(self, block: str, part: str) -> int:
         return self.block_names.index(block) * len(self.parts) + self.parts.index(part)
@@ -359,20 +382,23 @@ class AttentionRetriever(Retriever):
         mlp = {p: functools.partial(self.blocks.attention, name, p) for p in self.parts}
         return CompositorBlock(mlp.get("modified"), mlp.get("preserved"))
 
+    def compositor_weights(self) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor]:
+        """compose_forward's weights: the text projection W (None for is-only), then the attention MLPs' stacked
+        hidden weight and bias, output weight and bias."""
+        return (None if self.text_projection is None else self.text_projection.weight, self.blocks.hidden_weight,
+                self.blocks.hidden_bias, self.blocks.output_weight, self.blocks.output_bias)
+
     def compose(self, reference: dict[str, Tensor], text: Tensor) -> AttentionQuery:
         """In float32 whatever the autocast (a few (Q, d) × (d, d) products; scores compare across a gallery)."""
         references = full_precision(torch.stack([reference[g] for g in self.grains]))   # (K, Q, d)
         text = full_precision(text)
         with torch.autocast(text.device.type, enabled=False):
-            rows, attentions = Compose.apply(
-                text, references, None if self.text_projection is None else self.text_projection.weight,
-                self.blocks.hidden_weight, self.blocks.hidden_bias, self.blocks.output_weight,
-                self.blocks.output_bias, self.parts)
-        query = AttentionQuery(text=text, references=references.transpose(0, 1),
-                               attentions=attentions.permute(2, 0, 1, 3), rows=rows.permute(2, 0, 1, 3),
-                               grains=tuple(self.grains), parts=self.parts)
-        query.stacks = (rows, attentions)
-        return query
+            rows, attentions = Compose.apply(text, references, *self.compositor_weights(), self.parts)
+        k, p, q, d = len(self.grains), len(self.parts), *text.shape
+        return AttentionQuery(text=text, references=references.transpose(0, 1),
+                              attentions=attentions.view(k, p, q, d).permute(2, 0, 1, 3),
+                              rows=rows.view(k, p, q, d).permute(2, 0, 1, 3), grains=tuple(self.grains),
+                              parts=self.parts)
 
     def stacked_part_scores(self, query: AttentionQuery, targets: Tensor, squares: Tensor | None = None) -> Tensor:
         """(K, P, Q, G) scores of every grain and part against targets (K, G, d): one batched product.

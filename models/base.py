@@ -62,6 +62,25 @@ class ComposedQuery:
         return map_tensors(self, Tensor.detach)
 
 
+@dataclass
+class TrainingInputs:
+    """One training step's embeddings, before composition (the loss composes: for the attention variants one
+    autograd function runs composition, scores and losses). Grains stacked in the model's order."""
+    text: Tensor          # m (Q, d)
+    references: Tensor    # r (K, Q, d)
+    targets: Tensor       # t (K, G, d): the first Q are the positives
+
+    BATCH_DIMS = {"text": 0, "references": 1, "targets": 1}
+
+    def reference(self, grains) -> dict[str, Tensor]:
+        """grain -> (Q, d)."""
+        return dict(zip(grains, self.references.unbind(0)))
+
+    def map_batch(self, fn) -> TrainingInputs:
+        """fn(tensor, the dimension its batch runs along) on every field (gathering the batch across ranks)."""
+        return TrainingInputs(*(fn(getattr(self, name), dim) for name, dim in self.BATCH_DIMS.items()))
+
+
 def l2(x: Tensor) -> Tensor:
     return F.normalize(x, dim=-1)
 
@@ -108,25 +127,27 @@ class Retriever(nn.Module):
         self.set_finetune(cfg.img_finetune, cfg.txt_finetune)
 
     # --- embeddings -------------------------------------------------------------------------------
-    def encode_images(self, images: Tensor) -> dict[str, Tensor]:
-        """grain -> (N, d) L2-normalised embeddings."""
-        return self.image_encoder(images)
+    def encode_images(self, images: Tensor, stacked: bool = False) -> dict[str, Tensor] | Tensor:
+        """grain -> (N, d) L2-normalised embeddings, or `stacked` (K, N, d) in self.grains' order."""
+        return self.image_encoder(images, stacked=stacked)
 
     def encode_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """(Q, d) L2-normalised text embeddings `m`."""
         return self.text_encoder(tokens, lengths)
 
-    def forward(self, reference_images: Tensor, target_images: Tensor, tokens: Tensor, lengths: Tensor):
-        """One training step's embeddings: (query, targets), by default one backbone pass for both image sets
-        (two with separate_backbone_passes, as the ARTEMIS release: BatchNorm then normalises each set alone)."""
+    def forward(self, reference_images: Tensor, target_images: Tensor, tokens: Tensor, lengths: Tensor
+                ) -> TrainingInputs:
+        """One training step's embeddings, grains stacked: by default one backbone pass for both image sets
+        (two with separate_backbone_passes, as the ARTEMIS release: BatchNorm then normalises each set alone).
+        The loss composes them (losses.RetrievalLoss)."""
         if self.separate_backbone_passes:
-            reference, target = self.encode_images(reference_images), self.encode_images(target_images)
+            reference = self.encode_images(reference_images, stacked=True)
+            target = self.encode_images(target_images, stacked=True)
         else:
-            features = self.encode_images(torch.cat([reference_images, target_images]))
+            features = self.encode_images(torch.cat([reference_images, target_images]), stacked=True)
             n = reference_images.shape[0]
-            halves = {g: x.split([n, x.shape[0] - n]) for g, x in features.items()}  # one op per grain
-            reference, target = {g: h[0] for g, h in halves.items()}, {g: h[1] for g, h in halves.items()}
-        return self.compose(reference, self.encode_texts(tokens, lengths)), target
+            reference, target = features.split([n, features.shape[1] - n], 1)
+        return TrainingInputs(self.encode_texts(tokens, lengths), reference, target)
 
     # --- composition and scoring (variants) ---------------------------------------------------------
     def compose(self, reference: dict[str, Tensor], text: Tensor) -> ComposedQuery:

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from utils.errors import UserError
 
+from .image_encoder import grain_embeddings
+
 if TYPE_CHECKING:
     from open_clip.model import CLIP
 
@@ -238,16 +240,14 @@ class ViTImageEncoder(nn.Module):
         self.backbone.train(mode and (self.finetune or not self.frozen_bn_stats))  # dropout off while frozen
         return self
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, stacked: bool = False) -> dict[str, Tensor] | Tensor:
+        """grain -> (N, d) embeddings, or `stacked` (K, N, d) (the grains' order)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
             grids, pooled = self.backbone(images, pooled=self.clip_pool == "attnpool")
         if self.raw:
-            return {"coarse": pooled.float()}
-        out = {}
-        for g in self.grains:
-            x = pooled if self.attn_pooled(g) else grids[g].mean(dim=(2, 3))
-            out[g] = F.normalize(self.projections[g](x).float(), dim=-1)
-        return out
+            return grain_embeddings({"coarse": pooled}, stacked, normalize=False)
+        return grain_embeddings({g: self.projections[g](pooled if self.attn_pooled(g) else grids[g].mean(dim=(2, 3)))
+                                 for g in self.grains}, stacked)
 
 
 # --- text tower -----------------------------------------------------------------------------------------

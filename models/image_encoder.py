@@ -151,11 +151,22 @@ class ImageEncoder(nn.Module):
                 return self.backbone.pool(x)
         return gem(x, self.gem_p)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, stacked: bool = False) -> dict[str, Tensor] | Tensor:
+        """grain -> (N, d) embeddings, or `stacked` (K, N, d) (the grains' order)."""
         if self.raw:
-            return {"coarse": self.pooled("coarse", self.feature_maps(images)["coarse"]).float()}
-        return {g: F.normalize(self.projections[g](self.pooled(g, x)).float(), dim=-1)
-                for g, x in self.feature_maps(images).items()}
+            return grain_embeddings({"coarse": self.pooled("coarse", self.feature_maps(images)["coarse"])}, stacked,
+                                    normalize=False)
+        maps = self.feature_maps(images)
+        return grain_embeddings({g: self.projections[g](self.pooled(g, x)) for g, x in maps.items()}, stacked)
+
+
+def grain_embeddings(vectors: dict[str, Tensor], stacked: bool, normalize: bool = True) -> dict[str, Tensor] | Tensor:
+    """An image encoder's output from each grain's vectors (N, d): stacked, in float32, L2-normalised in one go
+    (one launch for every grain); returned (K, N, d), or as grain -> (N, d) views."""
+    x = torch.stack(list(vectors.values())).float()
+    if normalize:
+        x = F.normalize(x, dim=-1)
+    return x if stacked else dict(zip(vectors, x.unbind(0)))
 
 
 def upsample(x: Tensor, like: Tensor) -> Tensor:

@@ -270,7 +270,7 @@ def test_a_manme_step_on_clip_trains_what_it_uses(backbone, pool):
     pooling = list(model.image_encoder.backbone.pool_parameters())
     assert all(p.requires_grad == (pool == "attnpool") for p in pooling)  # an unused pooling never trains
     tokens, lengths = pad_tokens([ClipTokens().encode(t) for t in ("red", "longer <and> blue", "a", "b")])
-    query, target = model(torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64), tokens, lengths)
-    RetrievalLoss(cfg)(model, query, target).total.backward()
+    RetrievalLoss(cfg)(model, model(torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64), tokens, lengths)
+                       ).total.backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []

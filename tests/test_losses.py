@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from config import resolve
 from losses import LossOutput, RetrievalLoss
-from models import build_model
+from losses.definitions import objective_by_definition
+from models import TrainingInputs, build_model
+from models.base import stack_grains
 from tests.helpers import ON_RESNET
 
 D = 16
@@ -41,35 +43,15 @@ def batch(model, b=6, dtype=torch.float32, seed=3):
     return {g: unit() for g in model.grains}, unit(), {g: unit() for g in model.grains}
 
 
-def attended(a, t):
-    """L2(a_i ⊙ t_j) for every pair: (B, B, d)."""
-    return F.normalize(a[:, None, :] * t[None], dim=-1)
+def inputs(model, reference, text, targets):
+    """The loss's input from per-grain dicts (Retriever.forward's layout: grains stacked)."""
+    return TrainingInputs(text, stack_grains(reference, model.grains), stack_grains(targets, model.grains))
 
 
 def definitions(model, cfg, reference, text, targets):
     """sim/me/overlap per grain, written from MANME.md §2 (attention compositor, matmul scoring)-§3 with
     broadcast scores (me and overlap where the variant has both attentions); by autograd, op by op."""
-    tau = model.log_temperature.exp()
-    both = model.text_projection is not None and model.has_preserved
-    out = {}
-    for g in model.grains:
-        block, r, t, s = model.block(g), reference[g], targets[g], 0
-        if model.text_projection is not None:
-            projection = F.normalize(model.text_projection(text), dim=-1)
-            a_mod = block.modification(text)
-            s = s + (projection[:, None] * attended(a_mod, t)).sum(-1)
-        if block.preservation is not None:
-            a_pre = block.preservation(text)
-            s = s + (F.normalize(a_pre * r, dim=-1)[:, None] * attended(a_pre, t)).sum(-1)
-        out[f"sim/{g}"] = -torch.log_softmax(tau * s, dim=1).diagonal().mean()
-        if not both:
-            continue
-        relevance = F.normalize(cfg.alpha * text + (1 - cfg.alpha) * projection, dim=-1)
-        rel_mod = (relevance * F.normalize(a_mod * t, dim=-1)).sum(-1)
-        rel_pre = (relevance * F.normalize(a_pre * t, dim=-1)).sum(-1)
-        out[f"me/{g}"] = torch.clamp(cfg.margin_list[g] + rel_pre - rel_mod, min=0).mean()
-        out[f"overlap/{g}"] = torch.minimum(a_mod, a_pre).sum(-1).mean()
-    return out
+    return objective_by_definition(model, cfg, text, reference, targets)[1]
 
 
 @pytest.mark.parametrize("lambda_ov", [0.0, 0.5])
@@ -77,7 +59,7 @@ def test_manme_loss_matches_definitions(lambda_ov):
     model, cfg = small("manme", lambda_ov=lambda_ov)
     reference, text, targets = batch(model)
     with torch.no_grad():
-        out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+        out = RetrievalLoss(cfg)(model, inputs(model, reference, text, targets))
         expected = definitions(model, cfg, reference, text, targets)
     assert isinstance(out, LossOutput)
     for key, value in expected.items():
@@ -94,8 +76,7 @@ def test_margins_and_alpha_come_from_config():
     reference, text, targets = batch(model)
     other = resolve({**cfg.to_dict(), "margins": "0.9,0.1,0.0", "alpha": 0.8})
     with torch.no_grad():
-        query = model.compose(reference, text)
-        out = RetrievalLoss(other)(model, query, targets)
+        out = RetrievalLoss(other)(model, inputs(model, reference, text, targets))
         expected = definitions(model, other, reference, text, targets)
     for g in model.grains:
         assert torch.allclose(out.parts[f"me/{g}"], expected[f"me/{g}"], atol=1e-5)
@@ -105,7 +86,7 @@ def test_margins_and_alpha_come_from_config():
 def test_parts_per_variant(name):
     model, cfg = small(name)
     reference, text, targets = batch(model)
-    out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+    out = RetrievalLoss(cfg)(model, inputs(model, reference, text, targets))
     keys = {f"sim/{g}" for g in model.grains} | {"sim"}
     if name in BOTH_ATTENTIONS:
         keys |= {f"{p}/{g}" for p in ("me", "overlap") for g in model.grains} | {"me", "overlap"}
@@ -120,7 +101,7 @@ def test_artemis_preset_has_no_mutual_exclusion_in_total():
     model, cfg = small("artemis")
     assert cfg.lambda_me == 0 and model.grains == ["coarse"]
     reference, text, targets = batch(model)
-    out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+    out = RetrievalLoss(cfg)(model, inputs(model, reference, text, targets))
     assert torch.equal(out.total, out.parts["sim"])
     assert not out.parts["me"].requires_grad and not out.parts["overlap"].requires_grad  # diagnostics only
 
@@ -129,7 +110,7 @@ def test_parts_are_logged_values_and_the_total_weights_them():
     for lambda_me, lambda_ov in ((1.0, 0.0), (0.0, 0.5)):
         model, cfg = small("manme", lambda_me=lambda_me, lambda_ov=lambda_ov)
         reference, text, targets = batch(model)
-        out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
+        out = RetrievalLoss(cfg)(model, inputs(model, reference, text, targets))
         assert out.total.requires_grad and not any(v.requires_grad for v in out.parts.values())
         expected = out.parts["sim"] + lambda_me * out.parts["me"] + lambda_ov * out.parts["overlap"]
         torch.testing.assert_close(out.total.detach(), expected)
@@ -139,7 +120,7 @@ def test_parts_are_logged_values_and_the_total_weights_them():
     ("manme", 1.0, 0.0, False), ("manme", 0.3, 0.5, False), ("manme", 0.0, 0.0, True), ("artemis", None, 0.0, False),
     ("em-only", None, 0.0, False), ("is-only", None, 0.0, False)])
 def test_hand_written_backwards_match_autograd_of_the_definitions(name, lambda_me, lambda_ov, share):
-    """Compose's and AttentionObjective's backwards against autograd through `definitions` (op by op), float64:
+    """CompositionObjective's backward against autograd through `definitions` (op by op), float64:
     the gradient of every parameter (the stacked MLPs, the projection, the temperature) and of the embeddings."""
     flags = dict(model=name, backbone="resnet18", backbone_weights="none", embed_dim=D, word_dim=8,
                  lambda_ov=lambda_ov, share_attention=share, **({} if lambda_me is None else {"lambda_me": lambda_me}))
@@ -155,12 +136,8 @@ def test_hand_written_backwards_match_autograd_of_the_definitions(name, lambda_m
         params = [p for p in model.parameters() if p.requires_grad and p.dtype == torch.float64]
         return torch.autograd.grad(total, params + embeddings, allow_unused=True)
 
-    out = RetrievalLoss(cfg)(model, model.compose(reference, text), targets)
-    parts = definitions(model, cfg, reference, text, targets)
-    expected_total = sum(v for k, v in parts.items() if k.startswith("sim/"))
-    if "me/coarse" in parts:
-        expected_total = expected_total + cfg.lambda_me * sum(parts[f"me/{g}"] for g in model.grains) \
-            + lambda_ov * sum(parts[f"overlap/{g}"] for g in model.grains)
+    out = RetrievalLoss(cfg)(model, inputs(model, reference, text, targets))
+    expected_total, _ = objective_by_definition(model, cfg, text, reference, targets)
     torch.testing.assert_close(out.total, expected_total)
     for got, want in zip(gradients(out.total), gradients(expected_total)):
         if want is None:
@@ -172,9 +149,8 @@ def test_hand_written_backwards_match_autograd_of_the_definitions(name, lambda_m
 def test_temperature_scales_logits():
     model, cfg = small("cross-modal")
     reference, text, targets = batch(model)
-    query = model.compose(reference, text)
     with torch.no_grad():
-        out = RetrievalLoss(cfg)(model, query, targets)
+        out = RetrievalLoss(cfg)(model, inputs(model, reference, text, targets))
         logits = model.log_temperature.exp() * (text @ targets["coarse"].T)
         assert torch.allclose(out.parts["sim/coarse"], F.cross_entropy(logits, torch.arange(6)), atol=1e-6)
 
@@ -197,13 +173,13 @@ def test_gradcheck_losses(name, lambda_me, lambda_ov):
     loss_fn = RetrievalLoss(cfg)
     reference, text, targets = batch(model, b=3, dtype=torch.float64)
     grains = model.grains
-    inputs = [reference[g] for g in grains] + [text] + [targets[g] for g in grains]
+    leaves = [reference[g] for g in grains] + [text] + [targets[g] for g in grains]
     kappa = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
-    inputs = [x.clone().requires_grad_(True) for x in inputs] + [kappa]
+    leaves = [x.clone().requires_grad_(True) for x in leaves] + [kappa]
 
     def loss(*xs):
         k = len(grains)
         ref, txt, tgt, kappa = dict(zip(grains, xs[:k])), xs[k], dict(zip(grains, xs[k + 1:2 * k + 1])), xs[-1]
-        return loss_fn(WithTemperature(model, kappa), model.compose(ref, txt), tgt).total
+        return loss_fn(WithTemperature(model, kappa), inputs(model, ref, txt, tgt)).total
 
-    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(loss, leaves, eps=1e-6, atol=1e-5)

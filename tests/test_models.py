@@ -117,8 +117,7 @@ def test_training_step_on_the_gpu_never_waits_for_it(compiled):
 
     def loss_step(reference, target, tokens, lengths):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            query, targets = model(reference, target, tokens, lengths)
-            return loss_fn(model, query, targets)
+            return loss_fn(model, model(reference, target, tokens, lengths))
     step = compile_step(loss_step, torch.device("cuda")) if compiled else loss_step
     # the first steps warm up cuDNN and the allocator (and compile, then record the CUDA graphs)
     for sync_mode in ("default",) * (3 if compiled else 1) + ("error",):
@@ -154,8 +153,7 @@ def bn_stats(model):
 
 def training_step(model, cfg):
     images, tokens, lengths = torch.randn(8, 3, 32, 32), torch.randint(1, 10, (4, 5)), torch.tensor([5, 3, 4, 2])
-    query, targets = model(images[:4], images[4:], tokens, lengths)
-    loss = RetrievalLoss(cfg)(model, query, targets).total
+    loss = RetrievalLoss(cfg)(model, model(images[:4], images[4:], tokens, lengths)).total
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     optimizer.zero_grad()
     loss.backward()
@@ -287,8 +285,9 @@ def test_model_word_embeddings_from_glove(tmp_path, caplog):
 def recall_at_1(model, reference, target, tokens, lengths):
     model.eval()
     with torch.no_grad():
-        query, targets = model(reference, target, tokens, lengths)
-        hits = model.score(query, targets).argmax(dim=1) == torch.arange(len(reference))
+        inputs = model(reference, target, tokens, lengths)
+        query = model.compose(inputs.reference(model.grains), inputs.text)
+        hits = model.grain_scores(query, inputs.targets).sum(0).argmax(dim=1) == torch.arange(len(reference))
     model.train()
     return hits.float().mean().item()
 
@@ -311,8 +310,7 @@ def test_overfits_16_triplets():
     model.train()
     first, done = None, False
     for step in range(1, 101):
-        query, targets = model(reference, target, tokens, lengths)
-        loss = loss_fn(model, query, targets).total
+        loss = loss_fn(model, model(reference, target, tokens, lengths)).total
         first = loss.item() if first is None else first
         optimizer.zero_grad()
         loss.backward()

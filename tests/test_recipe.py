@@ -67,13 +67,12 @@ def test_backbone_passes_per_step(separate):
     model.image_encoder.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     images = torch.rand(6, 3, 32, 32)
     tokens, lengths = torch.ones(3, 4, dtype=torch.long), torch.tensor([4, 3, 2])
-    query, target = model(images[:3], images[3:], tokens, lengths)
+    inputs = model(images[:3], images[3:], tokens, lengths)
     assert calls == ([3, 3] if separate else [6])
-    reference = model.encode_images(images[:3])
-    expected = model.compose(reference, model.encode_texts(tokens, lengths))
-    for g in model.grains:  # in eval mode the passes give the same embeddings
-        torch.testing.assert_close(target[g], model.encode_images(images[3:])[g])
-        torch.testing.assert_close(query.preserved_reference[g], expected.preserved_reference[g])
+    # in eval mode the passes give the same embeddings
+    torch.testing.assert_close(inputs.references, model.encode_images(images[:3], stacked=True))
+    torch.testing.assert_close(inputs.targets, model.encode_images(images[3:], stacked=True))
+    torch.testing.assert_close(inputs.text, model.encode_texts(tokens, lengths))
 
 
 def test_ties_with_the_target_are_counted_and_broken_by_gallery_order():

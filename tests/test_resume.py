@@ -398,17 +398,23 @@ def test_search_index_that_runs_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("misfit", ["count", "shape"])
 def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused_naming_the_way_out(
-        tiny_root, vocab_dir, tmp_path, monkeypatch):
-    """E.g. a last.pt written before the compositor's weights were stacked (one AdamW state per grain's MLP):
-    its weights load, its optimizer state cannot continue."""
+        misfit, tiny_root, vocab_dir, tmp_path, monkeypatch):
+    """E.g. a last.pt written before the compositor's weights were stacked (one AdamW state per grain's MLP: another
+    count) or reshaped ((n·d, d) to (n, d, d): the same count, which torch's load_state_dict does not notice): its
+    weights load, its optimizer state cannot continue."""
     signal_at(monkeypatch, 2)
     with pytest.raises(SystemExit):
         train_here(*short(tiny_root, vocab_dir, tmp_path))
     monkeypatch.undo()
     last = tmp_path / "s" / "stage1" / "last.pt"
     state = torch.load(last, weights_only=True)
-    state["optimizer"]["param_groups"][0]["params"].append(10_000)   # one parameter more than the model has
+    if misfit == "count":
+        state["optimizer"]["param_groups"][0]["params"].append(10_000)   # one parameter more than the model has
+    else:
+        moments = next(m for m in state["optimizer"]["state"].values() if m["exp_avg"].dim() == 3)
+        moments["exp_avg"] = moments["exp_avg"].flatten(0, 1)            # (n, d, d) as (n·d, d)
     torch.save(state, last)
     from engine.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match=r"last\.pt: its optimizer state does not fit.*start the run again"):

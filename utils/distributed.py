@@ -37,34 +37,33 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather along dim 0 whose backward hands each rank the sum, over all ranks, of the
+    """all_gather along `dim` whose backward hands each rank the sum, over all ranks, of the
     gradients of its own rows: every rank's loss depends on every rank's rows."""
 
     @staticmethod
-    def forward(ctx, tensor):
-        ctx.rows = tensor.shape[0]
-        tensor = tensor.contiguous()   # a view (the query's stacked attentions) would give the parts its strides
+    def forward(ctx, tensor, dim):
+        ctx.rows, ctx.dim = tensor.shape[dim], dim
+        tensor = tensor.contiguous()   # a view (a split of the stacked features) would give the parts its strides
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor)
-        return torch.cat(parts, dim=0)
+        return torch.cat(parts, dim=dim)
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)        # sum; all ranks' batches are the same size (drop_last)
-        start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad.narrow(ctx.dim, dist.get_rank() * ctx.rows, ctx.rows), None
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's tensor along dim 0 (rank order); gradients flow back to each rank's part.
+def gather_with_grad(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate every rank's tensor along `dim` (rank order); gradients flow back to each rank's part.
 
     When every rank computes the same loss over the gathered global batch, the summed backward
     gives each rank N times the gradient of that loss for its own rows, and DDP's average over the
     N ranks then yields exactly the gradient one process gets with the whole global batch."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    return _GatherWithGrad.apply(tensor)
+    return _GatherWithGrad.apply(tensor, dim)
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
