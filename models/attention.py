@@ -12,11 +12,13 @@ matrix products per part, never a Q×G×d tensor. compose() computes every per-q
 tensors for backward.
 
 Grains and parts are computed together, not one by one (a training step is bound by launches, not
-arithmetic: BENCHMARKS.md): the attention MLPs of every grain and part are stacked parameters (one wide
-addmm and one baddbmm), and the scores of every grain and part one batched product (the two parts of a grain
-share its targets, so they are stacked as rows: a (K, P·Q, d) × (K, G, d) product for K grains and P parts).
-`Compose` and `AttendedCosine` are autograd functions with hand-written backwards: a few batched operations
-each way, where autograd would record every normalisation, softmax and product op by op.
+arithmetic: BENCHMARKS.md): the attention MLPs of every grain and part are stacked parameters (two baddbmm),
+and the scores of every grain and part one batched product (the two parts of a grain share its targets, so
+they are stacked as rows: a (K, P·Q, d) × (K, G, d) product for K grains and P parts). compose_forward and
+compose_backward, and cosine_forward and cosine_backward, are that work written by hand, both ways: `Compose`
+and `AttendedCosine` wrap them as autograd functions for inference and diagnostics, and training runs them
+inside one function with the losses (losses.retrieval.CompositionObjective). Autograd would record every
+normalisation, softmax and product op by op.
 """
 from __future__ import annotations
 
