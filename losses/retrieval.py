@@ -67,9 +67,10 @@ class CompositionObjective(torch.autograd.Function):
     part (models.attention.compose_forward), their scores against the targets, the cross-entropy, the mutual
     exclusion and the overlap, with one hand-written backward (a training step is bound by launches, not
     arithmetic: BENCHMARKS.md). Inputs: text m (Q, d), references r (K, Q, d), targets t (K, G, d) (the first Q
-    are the positives), compose_forward's weights, the log-temperature kappa and the margins (K, 1). Returns the
+    are the positives), compose_forward's weights, the log-temperature kappa, and constants (below). Returns the
     total, sum_g sim + lambda_me sum_g me + lambda_ov sum_g overlap, and the terms (T, K) (sim; me and overlap
-    with both parts): values to log, without a gradient. Terms of weight 0 are computed in the forward only."""
+    with both parts): values to log, without a gradient. Terms of weight 0 are computed in the forward only (for
+    the log; the backward skips them)."""
 
     @staticmethod
     def forward(ctx, text: Tensor, references: Tensor, targets: Tensor, projection_weight: Tensor | None,
