@@ -257,7 +257,7 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, stage.step_lr, cfg.lr_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        forward: torch.nn.Module = self.model   # Retriever.forward: one step's (query, targets)
+        forward: torch.nn.Module = self.model   # Retriever.forward: one step's TrainingInputs
         if self.dist.enabled:
             forward = torch.nn.parallel.DistributedDataParallel(
                 forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -191,13 +191,6 @@ class RetrievalLoss(nn.Module):
                     self.lambda_ov)
             return LossOutput(total, terms, ("sim", "me", "overlap")[:len(terms)], grains)
         query = model.compose(inputs.reference(grains), inputs.text)
-        return self.query_loss(model, query, inputs.targets)
-
-    def query_loss(self, model, query, targets: Tensor) -> LossOutput:
-        """The cross-entropy of composed queries against targets (K, G, d): every variant's sim term (the
-        attention variants' mutual exclusion and overlap need their composition: forward())."""
-        grains = tuple(model.grains)
-        scores = model.grain_scores(query, targets)                                          # (K, Q, G)
-        scale = full_precision(model.log_temperature).exp()
-        sim = cross_entropy_per_grain(scale * scores)
+        scores = model.grain_scores(query, inputs.targets)                                   # (K, Q, G)
+        sim = cross_entropy_per_grain(full_precision(model.log_temperature).exp() * scores)
         return LossOutput(sim.sum(), sim.unsqueeze(0), ("sim",), grains)
