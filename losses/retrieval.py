@@ -140,7 +140,7 @@ class CompositionObjective(torch.autograd.Function):
             along = grad_rel * rel
             grad_product = l2_backward(grad_rel * relevance, attended, attended_norm, along)  # d/d(a ⊙ t_i)
             grad_attentions_parts.addcmul_(grad_product, positives)
-            grad_positives = grad_t if grad_t.shape[1] == q else grad_t[:, :q]
+            grad_positives = grad_t if grad_t.shape[1] == q else grad_t[:, :q]   # no view where G == Q
             grad_positives.add_((grad_product * attentions).sum(1))
             grad_mixed = l2_backward((grad_rel * attended).sum((0, 1)), relevance, relevance_norm, along.sum((0, 1)))
             grad_rows[0, :q].add_(grad_mixed, alpha=1.0 - alpha)
@@ -165,11 +165,15 @@ class RetrievalLoss(nn.Module):
         self.lambda_me, self.lambda_ov = cfg.lambda_me, cfg.lambda_ov
         self._constants: dict = {}
 
-    def constant(self, values: list, device) -> Tensor:
-        """`values` as a tensor on `device`, made once (no copy to the device per step)."""
-        key = (repr(values), str(device))
+    def objective_constants(self, grains: tuple[str, ...], both_parts: bool, device) -> tuple[Tensor, Tensor, Tensor]:
+        """CompositionObjective's constants (margins (K, 1, 1), the hinge's signs (2, 1, 1), the terms' weights
+        (T, 1)) on `device`, made once per grain set and device: no copy to the device per step."""
+        key = (grains, both_parts, str(device))
         if key not in self._constants:
-            self._constants[key] = torch.tensor(values, device=device)
+            weights = [[1.0], [self.lambda_me], [self.lambda_ov]] if both_parts else [[1.0]]
+            self._constants[key] = (torch.tensor([[[self.margins[g]]] for g in grains], device=device),
+                                    torch.tensor([[[-1.0]], [[1.0]]], device=device),
+                                    torch.tensor(weights, device=device))
         return self._constants[key]
 
     def forward(self, model, inputs: TrainingInputs) -> LossOutput:
@@ -180,15 +184,11 @@ class RetrievalLoss(nn.Module):
         grains = tuple(model.grains)
         if hasattr(model, "compositor_weights"):
             with torch.autocast(inputs.text.device.type, enabled=False):
-                device = inputs.text.device
-                margins = self.constant([[[self.margins[g]]] for g in grains], device)             # (K, 1, 1)
-                weights = self.constant([[1.0], [self.lambda_me], [self.lambda_ov]][:3 if len(model.parts) == 2 else 1],
-                                        device)                                                         # (T, 1)
                 total, terms = CompositionObjective.apply(
                     full_precision(inputs.text), full_precision(inputs.references), full_precision(inputs.targets),
-                    *model.compositor_weights(), full_precision(model.log_temperature), margins,
-                    self.constant([[[-1.0]], [[1.0]]], device), weights, model.parts, self.alpha, self.lambda_me,
-                    self.lambda_ov)
+                    *model.compositor_weights(), full_precision(model.log_temperature),
+                    *self.objective_constants(grains, len(model.parts) == 2, inputs.text.device), model.parts,
+                    self.alpha, self.lambda_me, self.lambda_ov)
             return LossOutput(total, terms, ("sim", "me", "overlap")[:len(terms)], grains)
         query = model.compose(inputs.reference(grains), inputs.text)
         scores = model.grain_scores(query, inputs.targets)                                   # (K, Q, G)

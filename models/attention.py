@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .base import ComposedQuery, Retriever
+from .base import ComposedQuery, Retriever, stack_grains
 from .products import full_precision, pairwise_dot
 
 log = logging.getLogger("manme")
@@ -311,7 +311,6 @@ class AttentionMLPs(nn.Module):
         super().__init__()
         self.block_names, self.parts = list(blocks), tuple(parts)
         n = len(self.block_names) * len(self.parts)
-        self.d = d
         self.hidden_weight, self.output_weight = nn.Parameter(torch.empty(n, d, d)), nn.Parameter(torch.empty(n, d, d))
         self.hidden_bias, self.output_bias = nn.Parameter(torch.empty(n, 1, d)), nn.Parameter(torch.empty(n, 1, d))
         with torch.no_grad():
@@ -392,7 +391,7 @@ class AttentionRetriever(Retriever):
 
     def compose(self, reference: dict[str, Tensor], text: Tensor) -> AttentionQuery:
         """In float32 whatever the autocast (a few (Q, d) × (d, d) products; scores compare across a gallery)."""
-        references = full_precision(torch.stack([reference[g] for g in self.grains]))   # (K, Q, d)
+        references = full_precision(stack_grains(reference, self.grains))   # (K, Q, d)
         text = full_precision(text)
         with torch.autocast(text.device.type, enabled=False):
             rows, attentions = Compose.apply(text, references, *self.compositor_weights(), self.parts)

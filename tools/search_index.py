@@ -29,6 +29,7 @@ import torch
 
 from data.cache import file_stamp
 from engine.inference import build_queries, embed_images, rank_gallery
+from models.base import stack_grains
 from utils.errors import UserError
 from utils.io import atomic_write, file_sha256
 
@@ -72,7 +73,7 @@ class SearchIndex:
         An index lacking the model's grains is left alone: search() reports it."""
         if any(g not in self.embeddings for g in model.grains):
             return
-        stacked = torch.stack([self.embeddings[g] for g in model.grains]).to(device)
+        stacked = stack_grains(self.embeddings, model.grains).to(device)
         if stacked.device.type == "cpu":
             self.embeddings.update({g: stacked[k] for k, g in enumerate(model.grains)})
         self._kept[str(device)] = stacked, model.target_squares(stacked)
